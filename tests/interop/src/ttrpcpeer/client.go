@@ -50,8 +50,15 @@ func runClient(addr string, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	known := map[string]bool{}
+	for _, c := range checks {
+		known[c.name] = true
+	}
 	selected := map[string]bool{}
 	for _, n := range strings.Split(*only, ",") {
+		if n != "" && !known[n] {
+			return fmt.Errorf("unknown check %q", n)
+		}
 		if n != "" {
 			selected[n] = true
 		}

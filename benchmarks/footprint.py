@@ -1,0 +1,152 @@
+"""Idle footprint and startup of our agent beside a grpcio server and the Go ttRPC server.
+
+Footprint is why this project exists, so the figures come from the same run on the same
+machine: RSS and PSS (from /proc/PID/smaps_rollup) about 2 s after each server answered its
+first Health.Check, the time from exec to that first answer, and the agent's import time
+(from `-X importtime`, in a separate run since tracing slows imports).
+
+Usage: python3 benchmarks/footprint.py [--runs N] [--settle SECONDS]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _common import ROOT, gopeer, median, smaps_rollup, table
+
+
+def measure_agent(settle: float) -> dict[str, float]:
+    d = Path(tempfile.mkdtemp(prefix="fp-agent-"))
+    addr = f"unix://{d}/agent.sock"
+    argv = [sys.executable, "-m", "agent", "--server-addr", addr]
+    proc = gopeer.Proc(argv, "agent", gopeer.agent_env())
+    try:
+        ready = proc.wait_ready(addr, timeout=60)
+        time.sleep(settle)
+        mem = smaps_rollup(proc.pid)
+    finally:
+        proc.stop()
+        shutil.rmtree(d, ignore_errors=True)
+    return {"ready_ms": ready * 1e3, "rss_kb": mem["Rss"], "pss_kb": mem["Pss"]}
+
+
+def measure_go(peer: Path, settle: float) -> dict[str, float]:
+    d = Path(tempfile.mkdtemp(prefix="fp-go-"))
+    addr = f"unix://{d}/go.sock"
+    proc = gopeer.Proc([str(peer), "server", addr], "go server")
+    try:
+        ready = proc.wait_ready(addr, timeout=60)
+        time.sleep(settle)
+        mem = smaps_rollup(proc.pid)
+    finally:
+        proc.stop()
+        shutil.rmtree(d, ignore_errors=True)
+    return {"ready_ms": ready * 1e3, "rss_kb": mem["Rss"], "pss_kb": mem["Pss"]}
+
+
+def measure_grpcio(settle: float) -> dict[str, float]:
+    """grpcio has its own connection backoff, so wait for READY before the first Check."""
+    import grpc
+
+    from agent.protocols import health_pb2
+
+    d = Path(tempfile.mkdtemp(prefix="fp-grpc-"))
+    target = f"unix:{d}/grpc.sock"
+    script = ROOT / "benchmarks" / "grpc_health_server.py"
+    t0 = time.monotonic()
+    proc = subprocess.Popen(
+        [sys.executable, str(script), target], stdout=subprocess.PIPE, text=True, env=gopeer.agent_env()
+    )
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        if not line.startswith("READY"):
+            raise RuntimeError(f"grpcio server did not start: {line!r}")
+        with grpc.insecure_channel(target) as ch:
+            call = ch.unary_unary(
+                "/grpc.Health/Check",
+                request_serializer=lambda m: m.SerializeToString(),
+                response_deserializer=health_pb2.HealthCheckResponse.FromString,
+            )
+            resp = call(health_pb2.CheckRequest(), timeout=60, wait_for_ready=True)
+            ready = time.monotonic() - t0
+            assert resp.status == health_pb2.HealthCheckResponse.SERVING
+        time.sleep(settle)
+        mem = smaps_rollup(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        shutil.rmtree(d, ignore_errors=True)
+    return {"ready_ms": ready * 1e3, "rss_kb": mem["Rss"], "pss_kb": mem["Pss"]}
+
+
+def interpreter_startup_ms(runs: int) -> float:
+    times = []
+    for _ in range(runs):
+        t0 = time.monotonic()
+        subprocess.run([sys.executable, "-c", "pass"], check=True)
+        times.append((time.monotonic() - t0) * 1e3)
+    return median(times)
+
+
+def agent_imports() -> tuple[float, list[tuple[str, float]]]:
+    """Total import time of a serving agent and its heaviest top-level imports (ms)."""
+    d = Path(tempfile.mkdtemp(prefix="fp-imp-"))
+    addr = f"unix://{d}/agent.sock"
+    argv = [sys.executable, "-X", "importtime", "-m", "agent", "--server-addr", addr]
+    proc = gopeer.Proc(argv, "agent", gopeer.agent_env())
+    try:
+        proc.wait_ready(addr, timeout=60)
+        log = proc.output()
+    finally:
+        proc.stop()
+        shutil.rmtree(d, ignore_errors=True)
+    top: list[tuple[str, float]] = []
+    for line in log.splitlines():
+        if not line.startswith("import time:") or "cumulative" in line:
+            continue
+        _, cumulative, name = line[len("import time:") :].split("|")
+        if not name.startswith("  ") and name.strip():  # one space: a top-level import
+            top.append((name.strip(), int(cumulative) / 1e3))
+    return sum(t for _, t in top), sorted(top, key=lambda x: -x[1])[:8]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=3, help="runs per server; medians are printed")
+    ap.add_argument("--settle", type=float, default=2.0, help="seconds idle after the first Check")
+    args = ap.parse_args()
+
+    peer = gopeer.build_peer()
+    results: dict[str, list[dict[str, float]]] = {
+        "kata-agent (python)": [],
+        "grpcio server": [],
+        "go ttrpc server": [],
+    }
+    for _ in range(args.runs):  # interleaved, so drift on the machine hits all alike
+        results["kata-agent (python)"].append(measure_agent(args.settle))
+        results["grpcio server"].append(measure_grpcio(args.settle))
+        results["go ttrpc server"].append(measure_go(peer, args.settle))
+
+    med = {name: {k: median([r[k] for r in rs]) for k in rs[0]} for name, rs in results.items()}
+    rows = [[n, m["rss_kb"] / 1024, m["pss_kb"] / 1024, m["ready_ms"]] for n, m in med.items()]
+    print(f"Idle footprint, {args.settle:g} s after the first Check (median of {args.runs} runs)")
+    print(table(["server", "RSS MB", "PSS MB", "exec -> first Check ms"], rows))
+    agent, grpcio = med["kata-agent (python)"], med["grpcio server"]
+    print()
+    pss, rss = grpcio["pss_kb"] / agent["pss_kb"], grpcio["rss_kb"] / agent["rss_kb"]
+    print(f"grpcio / kata-agent: PSS x{pss:.2f}, RSS x{rss:.2f}")
+    print(f"bare interpreter startup (python3 -c pass): {interpreter_startup_ms(5):.1f} ms")
+
+    total, top = agent_imports()
+    print(f"agent imports before its first Check (-X importtime): {total:.1f} ms; heaviest top-level:")
+    print(table(["module", "cumulative ms"], [[n, t] for n, t in top]))
+
+
+if __name__ == "__main__":
+    main()
