@@ -65,7 +65,7 @@ def parse_address(text: str) -> Address:
     raise AddressError(f"unsupported address scheme {scheme!r} in {text!r}")
 
 
-def listen(address: Address, backlog: int = 128) -> socket.socket:
+def listen(address: Address, backlog: int = 512) -> socket.socket:
     """A non-blocking listening socket; a stale socket file is replaced."""
     sock = socket.socket(address.family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
@@ -86,13 +86,26 @@ def listen(address: Address, backlog: int = 128) -> socket.socket:
 
 
 def connect(address: Address, timeout: float | None = 5.0) -> socket.socket:
-    """A connected blocking socket (the client does its own reading)."""
-    sock = socket.socket(address.family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    try:
-        sock.settimeout(timeout)
-        sock.connect(address.sockaddr)
-        sock.settimeout(None)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
+    """A connected blocking socket (the client does its own reading).
+
+    A unix listener whose backlog is full answers EAGAIN instead of making a
+    timed connect wait, so that case is retried until the timeout.
+    """
+    import time
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        sock = socket.socket(address.family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(address.sockaddr)
+            sock.settimeout(None)
+            return sock
+        except BlockingIOError:
+            sock.close()
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"connect to {address.text} timed out (listener backlog full)") from None
+            time.sleep(0.01)
+        except BaseException:
+            sock.close()
+            raise

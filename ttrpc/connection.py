@@ -240,8 +240,15 @@ class ServerConnection:
             # Go server does: they carry nothing a server can act on.
         return events
 
-    def _reject(self, events: list[Event], stream_id: int, code: Code, message: str) -> None:
-        reset = self._streams.pop(stream_id, None) is not None
+    def _reject(
+        self, events: list[Event], stream_id: int, code: Code, message: str, *, reset: bool = True
+    ) -> None:
+        """Answer ``stream_id`` with an error; ``reset`` also tears down a live stream of that id.
+
+        Stream-id violations pass reset=False: a reused id must not kill the
+        legitimate call that owns it.
+        """
+        reset = reset and self._streams.pop(stream_id, None) is not None
         self._outbox.append(encode_response(stream_id, code, message))
         events.append(StreamRejected(stream_id, code, message, reset))
 
@@ -249,12 +256,20 @@ class ServerConnection:
         """Apply the stream-id rules to a new stream; False when it was rejected."""
         if stream_id % 2 == 0:
             self._reject(
-                events, stream_id, Code.INVALID_ARGUMENT, "StreamID must be odd for client initiated streams"
+                events,
+                stream_id,
+                Code.INVALID_ARGUMENT,
+                "StreamID must be odd for client initiated streams",
+                reset=False,
             )
             return False
         if stream_id <= self._last_stream_id:
             self._reject(
-                events, stream_id, Code.INVALID_ARGUMENT, "StreamID cannot be re-used and must increment"
+                events,
+                stream_id,
+                Code.INVALID_ARGUMENT,
+                "StreamID cannot be re-used and must increment",
+                reset=False,
             )
             return False
         self._last_stream_id = stream_id

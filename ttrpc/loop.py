@@ -187,6 +187,7 @@ class Loop:
         self._signal_handlers: dict[int, Callback] = {}
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._threadsafe: deque[tuple[Callback, tuple[Any, ...]]] = deque()
+        self._closed = False
         self._selector.register(self._wake_r, selectors.EVENT_READ, (self._on_wake, None))
         #: Called with (exception, callback) when a callback raises; replaceable.
         self.exception_handler: Callable[[BaseException, Callback], None] = _report_exception
@@ -235,6 +236,8 @@ class Loop:
         self._ready.append((callback, args))
 
     def call_soon_threadsafe(self, callback: Callback, *args: Any) -> None:
+        if self._closed:
+            return  # a pool thread finishing after close: nobody is left to run it
         self._threadsafe.append((callback, args))
         try:
             os.write(self._wake_w, b"\0")
@@ -333,6 +336,7 @@ class Loop:
                 self.exception_handler(exc, callback)
 
     def close(self) -> None:
+        self._closed = True
         for signum in list(self._signal_handlers):
             self.remove_signal_handler(signum)
         if self._pool is not None:
