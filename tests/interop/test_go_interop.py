@@ -230,3 +230,31 @@ def test_client_on_abstract_socket(peer: Path) -> None:
             assert check(c) == health_pb2.HealthCheckResponse.SERVING
     finally:
         server.stop()
+
+
+def test_pending_call_fails_when_go_server_goes_away(peer: Path, peer_msgs: dict, sockdir: Path) -> None:
+    """A call the server never answers must fail, not hang, when the connection drops."""
+    addr = f"unix://{sockdir}/gone.sock"
+    server = gopeer.start_go_server(peer, addr)
+    outcome: list[BaseException] = []
+    try:
+        with Client(addr) as c:
+
+            def forever() -> None:
+                try:
+                    peer_call(c, "Sleep", peer_msgs["SleepRequest"](millis=0), peer_msgs["Empty"])
+                except BaseException as e:  # noqa: BLE001 - handed to the test thread
+                    outcome.append(e)
+
+            t = threading.Thread(target=forever)
+            t.start()
+            assert check(c) == health_pb2.HealthCheckResponse.SERVING  # the Sleep is in flight
+            server.stop()
+            t.join(60)
+            assert not t.is_alive()
+            assert len(outcome) == 1 and isinstance(outcome[0], RPCError), outcome
+            assert outcome[0].code == Code.UNAVAILABLE
+            with pytest.raises(RPCError):
+                check(c)
+    finally:
+        server.stop()
