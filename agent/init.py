@@ -12,6 +12,7 @@ first use so that importing this module stays cheap.
 
 from __future__ import annotations
 
+import errno
 import os
 
 from agent.log import logger
@@ -347,8 +348,12 @@ def is_child_subreaper() -> bool:
 def power_off() -> NoReturn:
     """sync, then reboot(RB_POWER_OFF): the VM stops (in a PID namespace, its init exits).
 
-    Only returns by raising OSError if the kernel refuses.
+    Refuses (EPERM) unless we are PID 1: a stray call from an agent running as
+    a plain process on a host must not switch that host off.  Only returns by
+    raising OSError.
     """
+    if os.getpid() != 1:
+        raise OSError(errno.EPERM, "power_off: only PID 1 may power off")
     os.sync()
     libc().reboot(RB_POWER_OFF)
     raise _oserror("reboot(RB_POWER_OFF)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pty
@@ -9,6 +10,8 @@ import select
 import socket
 import subprocess
 import sys
+
+import pytest
 
 from agent import init
 
@@ -199,6 +202,8 @@ def test_power_off_ends_the_namespace():
                 "-c",
                 """
 import os, subprocess, sys
+import pytest
+
 from agent import init
 if os.getpid() != 1 or os.stat("/proc/self/ns/pid").st_ino == int(sys.argv[1]):
     sys.exit(3)
@@ -233,6 +238,8 @@ print("after", flush=True)
 
 CHILD = """
 import json, os, sys, time
+import pytest
+
 from agent import init
 """
 
@@ -246,9 +253,10 @@ assert init.is_child_subreaper()
 r, w = os.pipe()
 middle = os.fork()
 if middle == 0:
+    mid = os.getpid()
     if os.fork() == 0:  # the grandchild: wait until orphaned, then report its parent
         deadline = time.monotonic() + 30
-        while os.getppid() == middle and time.monotonic() < deadline:
+        while os.getppid() == mid and time.monotonic() < deadline:
             time.sleep(0.01)
         os.write(w, str(os.getppid()).encode())
         os._exit(0)
@@ -257,7 +265,8 @@ os.close(w)
 os.waitpid(middle, 0)
 adopter = int(os.read(r, 64))
 pid, status = os.waitpid(-1, 0)  # the orphan is now our child to reap
-print(json.dumps({"me": os.getpid(), "adopter": adopter, "reaped_ok": os.waitstatus_to_exitcode(status) == 0}))
+ok = os.waitstatus_to_exitcode(status) == 0
+print(json.dumps({"me": os.getpid(), "adopter": adopter, "reaped_ok": ok}))
 """
     )
     proc = subprocess.run(
@@ -345,3 +354,9 @@ def test_loopback_up_in_a_fresh_netns():
         """
     )
     assert proc.returncode == 0, proc.stderr
+
+
+def test_power_off_refuses_unless_pid1():
+    with pytest.raises(OSError) as err:
+        init.power_off()
+    assert err.value.errno == errno.EPERM
