@@ -1,4 +1,8 @@
-"""``kata-agent``: resolve the configuration, then serve until told to stop."""
+"""``kata-agent``: resolve the configuration, do PID-1 duties if needed, serve until stopped.
+
+Order matters when we are the VM's init: the base filesystems must be
+mounted before the configuration can read ``/proc/cmdline``.
+"""
 
 from __future__ import annotations
 
@@ -8,57 +12,49 @@ import sys
 
 from agent.version import AGENT_VERSION
 
-DEFAULT_SERVER_ADDR = "vsock://-1:1024"
-
-
-def _cmdline_value(key: str, path: str = "/proc/cmdline") -> str | None:
-    try:
-        with open(path) as fh:
-            tokens = fh.read().split()
-    except OSError:
-        return None
-    value = None
-    for token in tokens:
-        name, sep, val = token.partition("=")
-        if sep and name == key:
-            value = val
-    return value
-
-
-def _parse_args(argv: list[str]) -> dict[str, str | None]:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="kata-agent", description="Kata Containers guest agent (ttRPC)")
-    parser.add_argument("--server-addr", help="listen address: vsock://CID:PORT, unix:///path, unix://@name")
-    parser.add_argument("--log-level", help="trace, debug, info, warn, error")
-    parser.add_argument("--version", action="store_true", help="print the version and exit")
-    ns = parser.parse_args(argv)
-    return vars(ns)
-
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parse_args(sys.argv[1:] if argv is None else argv)
-    if args["version"]:
+    from agent import log
+    from agent.config import ConfigError, format_config, load_config
+
+    init_mode = os.getpid() == 1
+    if init_mode:
+        from agent import init
+
+        init.mount_base()
+    try:
+        config, actions = load_config(sys.argv[1:] if argv is None else argv)
+    except ConfigError as exc:
+        print(f"kata-agent: {exc}", file=sys.stderr)
+        return 2
+    if actions.version:
         print(f"kata-agent {AGENT_VERSION}")
         return 0
-    server_addr = (
-        args["server_addr"]
-        or os.environ.get("KATA_AGENT_SERVER_ADDR")
-        or _cmdline_value("agent.server_addr")
-        or DEFAULT_SERVER_ADDR
-    )
+    if actions.print_config:
+        print(format_config(config), end="")
+        return 0
+    log.configure(level=config.log_level)
+    logger = log.logger("root")
+    if init_mode:
+        init.finish_init(config)
+    log.announce(config, AGENT_VERSION)
+
     from agent.app import Agent
 
-    agent = Agent(server_addr)
+    agent = Agent(config)
     try:
         agent.start()
-    except OSError as exc:
-        print(f'{{"level":"error","msg":"cannot listen on {server_addr}: {exc}"}}', file=sys.stderr)
+    except (OSError, ValueError) as exc:
+        logger.error("cannot serve", address=config.server_addr, error=str(exc))
         return 1
     for signum in (signal.SIGTERM, signal.SIGINT):
-        agent.loop.add_signal_handler(signum, lambda _s: agent.stop())
+        agent.loop.add_signal_handler(signum, lambda s: (logger.info("stopping", signal=s), agent.stop()))
+    logger.info("serving", address=config.server_addr)
     try:
         agent.run()
     finally:
         agent.close()
+    logger.info("stopped")
+    if init_mode and agent.power_off_requested:
+        init.power_off()
     return 0
