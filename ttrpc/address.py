@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import stat
-from dataclasses import dataclass
+from typing import NamedTuple
 
 VMADDR_CID_ANY = 0xFFFF_FFFF
 
@@ -19,8 +19,7 @@ class AddressError(ValueError):
     """The address string is not one of the supported forms."""
 
 
-@dataclass(frozen=True, slots=True)
-class Address:
+class Address(NamedTuple):
     family: int
     sockaddr: str | tuple[int, int]
     text: str

@@ -71,7 +71,12 @@ class Client:
         self.address = address
         self._sock = connect(parse_address(address), timeout)
         self._proto = ClientConnection()
+        # _lock guards protocol state and is held only briefly; _send_lock
+        # orders whole writes (stream ids must reach the server in increasing
+        # order) and may block in sendall.  The reader thread needs only
+        # _lock, so a server pausing our writes can never stall its replies.
         self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
         self._pending: dict[int, _Pending] = {}
         self._error: RPCError | None = None
         self._reader = threading.Thread(target=self._read_loop, name="ttrpc-client", daemon=True)
@@ -97,28 +102,30 @@ class Client:
     ) -> tuple[int, _Pending]:
         timeout_nano = int(timeout * 1e9) if timeout else 0
         pending = _Pending()
-        with self._lock:
-            if self._error is not None:
-                raise self._error
-            sid, frame = self._proto.send_request(
-                service,
-                method,
-                payload,
-                timeout_nano,
-                metadata,
-                client_streaming=client_streaming,
-                server_streaming=server_streaming,
-            )
-            self._pending[sid] = pending
-            self._send_locked(frame)
+        with self._send_lock:
+            with self._lock:
+                if self._error is not None:
+                    raise self._error
+                sid, frame = self._proto.send_request(
+                    service,
+                    method,
+                    payload,
+                    timeout_nano,
+                    metadata,
+                    client_streaming=client_streaming,
+                    server_streaming=server_streaming,
+                )
+                self._pending[sid] = pending
+            self._sendall(frame)
         return sid, pending
 
-    def _send_locked(self, frame: bytes) -> None:
+    def _sendall(self, frame: bytes) -> None:
+        """Write one frame (the send lock is held, the state lock is not)."""
         try:
             self._sock.sendall(frame)
         except OSError as exc:
             error = RPCError(f"connection lost: {exc}", Code.UNAVAILABLE)
-            self._fail_locked(error)
+            self._fail_all(error)
             raise error from None
 
     def _wait(self, sid: int, pending: _Pending, timeout: float | None) -> None:
@@ -236,11 +243,12 @@ class ClientStream:
 
     def _send(self, payload: bytes | None, end: bool) -> None:
         client = self._client
-        with client._lock:
-            if client._error is not None:
-                raise client._error
-            frame = client._proto.send_data(self.stream_id, payload, end)
-            client._send_locked(frame)
+        with client._send_lock:
+            with client._lock:
+                if client._error is not None:
+                    raise client._error
+                frame = client._proto.send_data(self.stream_id, payload, end)
+            client._sendall(frame)
 
     def recv(self, response_type: type[M], timeout: float | None = None) -> M | None:
         """The next server message; None when the stream ended (errors raise)."""

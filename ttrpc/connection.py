@@ -13,7 +13,7 @@ offending stream with the status the Go reference server uses, queued for
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from google.protobuf.message import DecodeError
 
@@ -45,16 +45,14 @@ class ProtocolError(Exception):
 # --------------------------------------------------------------------- frames
 
 
-@dataclass(slots=True)
-class Frame:
+class Frame(NamedTuple):
     stream_id: int
     msg_type: int
     flags: int
     data: bytes
 
 
-@dataclass(slots=True)
-class OversizedFrame:
+class OversizedFrame(NamedTuple):
     """A frame whose data exceeded the limit; its data was read and dropped."""
 
     stream_id: int
@@ -119,8 +117,7 @@ class FrameDecoder:
 # --------------------------------------------------------------------- events
 
 
-@dataclass(slots=True)
-class RequestReceived:
+class RequestReceived(NamedTuple):
     """A new stream opened by the client (``unary``: no data frames follow)."""
 
     stream_id: int
@@ -133,8 +130,7 @@ class RequestReceived:
     remote_closed: bool
 
 
-@dataclass(slots=True)
-class DataReceived:
+class DataReceived(NamedTuple):
     """Stream data; ``data`` is None for a flags-only frame; ``end`` closes the sender's side."""
 
     stream_id: int
@@ -142,8 +138,7 @@ class DataReceived:
     end: bool
 
 
-@dataclass(slots=True)
-class StreamRejected:
+class StreamRejected(NamedTuple):
     """The server refused a frame and already queued the error answer for it.
 
     ``reset`` says an active stream was torn down, so its handler's answer
@@ -156,8 +151,7 @@ class StreamRejected:
     reset: bool = False
 
 
-@dataclass(slots=True)
-class ResponseReceived:
+class ResponseReceived(NamedTuple):
     stream_id: int
     code: int
     message: str
@@ -167,11 +161,13 @@ class ResponseReceived:
 Event = RequestReceived | DataReceived | StreamRejected | ResponseReceived
 
 
-@dataclass(slots=True)
 class _StreamState:
-    unary: bool
-    remote_closed: bool
-    local_closed: bool = False
+    __slots__ = ("unary", "remote_closed", "local_closed")
+
+    def __init__(self, unary: bool, remote_closed: bool) -> None:
+        self.unary = unary
+        self.remote_closed = remote_closed
+        self.local_closed = False
 
 
 def _metadata_to_dict(pairs: list[ttrpc_pb2.KeyValue]) -> dict[str, list[str]]:
@@ -371,24 +367,23 @@ class ServerConnection:
 # --------------------------------------------------------------------- client
 
 
-@dataclass(slots=True)
 class _ClientStream:
-    unary: bool
-    local_closed: bool
-    remote_closed: bool = False
+    __slots__ = ("unary", "local_closed", "remote_closed")
+
+    def __init__(self, unary: bool, local_closed: bool) -> None:
+        self.unary = unary
+        self.local_closed = local_closed
+        self.remote_closed = False
 
 
-@dataclass
 class ClientConnection:
     """The client side of one connection: allocates odd, increasing stream ids."""
 
-    max_data: int = MAX_DATA
-    _next_id: int = 1
-    _streams: dict[int, _ClientStream] = field(default_factory=dict)
-    _decoder: FrameDecoder = field(init=False)
-
-    def __post_init__(self) -> None:
-        self._decoder = FrameDecoder(self.max_data)
+    def __init__(self, max_data: int = MAX_DATA) -> None:
+        self.max_data = max_data
+        self._next_id = 1
+        self._streams: dict[int, _ClientStream] = {}
+        self._decoder = FrameDecoder(max_data)
 
     @property
     def active_streams(self) -> int:

@@ -254,3 +254,25 @@ def test_vanished_server_fails_pending_calls(sock_path) -> None:  # type: ignore
     t.join(5)
     assert errors and errors[0].code in (Code.UNAVAILABLE,)
     c.close()
+
+
+def test_big_replies_while_server_pauses_our_writes(sock_path) -> None:  # type: ignore[no-untyped-def]
+    """Senders blocked in sendall must not stop the client's reader (no mutual stall)."""
+    with serving(f"unix://{sock_path}", write_limit=128 * 1024) as p, Client(p.address) as c:
+        text = "z" * (1024 * 1024)
+        errors: list[BaseException] = []
+
+        def worker() -> None:
+            try:
+                for _ in range(10):
+                    assert len(call(c, "Echo", text, timeout=60)) == len(text)
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(exc)
+
+        threads = [threading.Thread(target=worker) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not any(t.is_alive() for t in threads), "client and server stalled each other"
+        assert errors == []
