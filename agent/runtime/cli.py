@@ -21,8 +21,8 @@ What we learned running both on a cgroup v1 machine (crun 1.8.1, runc 1.1.5), wi
 * ``cgroupsPath``: use an absolute path (``/kata/<sandbox>/<container>``). crun resolves
   any path, relative or absolute, from the root of each mounted hierarchy; runc resolves a
   *relative* path from its own cgroup in each hierarchy, so the two disagree on relative
-  paths and agree on absolute ones. An empty cgroupsPath gives each runtime its own
-  default (crun: named after the container id at the hierarchy root; runc: the same).
+  paths and agree on absolute ones. An empty cgroupsPath means "the container id" to
+  both, with the same disagreement, so the agent must always set an absolute one.
 * cgroupfs, not systemd: a guest has no systemd, so ``--systemd-cgroup`` stays off and a
   ``slice:prefix:name`` cgroupsPath from the host must be rewritten before use.
 * A container created without a terminal inherits the stdio of ``create``; whoever spawns
@@ -219,7 +219,15 @@ def error_message(stderr: bytes | str, log_text: str | None = None) -> str:
     return lines[-1] if lines else "the OCI runtime failed without a message"
 
 
-def is_not_found(message: str) -> bool:
-    """Whether a runtime error says the container does not exist (crun and runc wording)."""
+def is_missing_container(cli: RuntimeCLI, container_id: str, message: str) -> bool:
+    """Whether a runtime error says the container itself does not exist.
+
+    runc says "container does not exist"; crun names its state path with ENOENT
+    ("error opening file `<root>/<id>/status`: No such file or directory"). A missing
+    executable inside the container also says "not found", which is not this.
+    """
     text = message.lower()
-    return "does not exist" in text or "no such file or directory" in text or "not found" in text
+    if "container does not exist" in text or f"container `{container_id.lower()}` does not exist" in text:
+        return True
+    state_dir = os.path.join(cli.root, container_id).lower()
+    return "no such file or directory" in text and state_dir in text

@@ -1,0 +1,156 @@
+"""Per-test cgroups on the real host hierarchies, created under this process's own cgroups.
+
+Why under our own cgroup and not at the hierarchy root: the machine that runs the tests
+accounts our memory in a cgroup of its own; nesting keeps test containers inside it.
+Everything created here is removed in ``cleanup`` (processes killed, dirs removed leaf
+first), even after a failed test.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from pathlib import Path
+
+from agent.cgroups import CgroupV1, CgroupV2
+
+ROOT = Path("/sys/fs/cgroup")
+
+
+def _own_v1_hierarchies() -> dict[str, tuple[Path, str]]:
+    """controller -> (hierarchy mount dir, our cgroup path in it), from /proc/self/cgroup."""
+    out: dict[str, tuple[Path, str]] = {}
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _hid, controllers, path = line.split(":", 2)
+        if not controllers:
+            continue  # the v2 line of a hybrid host
+        names = [c.removeprefix("name=") for c in controllers.split(",")]
+        mount_dir = ROOT / ",".join(names)
+        if not mount_dir.is_dir():
+            mount_dir = ROOT / names[0]
+        for name in names:
+            out[name] = (mount_dir, path)
+    return out
+
+
+def _init_cpuset(d: Path) -> None:
+    for name in ("cpuset.cpus", "cpuset.mems"):
+        if (d / name).exists() and not (d / name).read_text().strip():
+            (d / name).write_text((d.parent / name).read_text())
+
+
+class V1Tree:
+    """A parent cgroup ``kata-test-<random>`` in every v1 hierarchy we are in."""
+
+    def __init__(self, prefix: str = "kata-test") -> None:
+        self.name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+        hierarchies = _own_v1_hierarchies()
+        if "memory" not in hierarchies:
+            raise RuntimeError(
+                "no cgroup v1 memory hierarchy on this host: the container tests need cgroup v1"
+            )
+        self.parents: dict[str, Path] = {}
+        self._made: list[Path] = []
+        for controller, (mount_dir, path) in hierarchies.items():
+            d = mount_dir / path.lstrip("/") / self.name
+            if d not in self._made:
+                d.mkdir()
+                _init_cpuset(d)
+                self._made.append(d)
+            self.parents[controller] = d
+
+    def mount_sources(self) -> dict[str, Path]:
+        """hierarchy directory name under /sys/fs/cgroup -> our parent cgroup in it."""
+        out: dict[str, Path] = {}
+        for d in self._made:
+            mount_dir = d
+            while mount_dir.parent != ROOT:
+                mount_dir = mount_dir.parent
+            out[mount_dir.name] = d
+        return out
+
+    def child(self, rel: str) -> CgroupV1:
+        """Create ``rel`` below the parent in every hierarchy; returns its handle."""
+        dirs: dict[str, Path] = {}
+        for controller, parent in self.parents.items():
+            d = parent / rel
+            d.mkdir(parents=True, exist_ok=True)
+            _init_cpuset(d)
+            dirs[controller] = d
+        return CgroupV1({c: d for c, d in dirs.items() if c != "systemd"})
+
+    def cleanup(self) -> None:
+        for d in self._made:
+            remove_tree(d)
+
+
+class V2Tree:
+    """A parent cgroup in the host's cgroup2 hierarchy (``/sys/fs/cgroup/unified`` here)."""
+
+    def __init__(self, prefix: str = "kata-test") -> None:
+        mount = ROOT / "unified" if (ROOT / "unified" / "cgroup.procs").exists() else ROOT
+        if not (mount / "cgroup.controllers").exists():
+            raise RuntimeError("no cgroup2 hierarchy mounted on this host")
+        own = next(
+            line[3:] for line in Path("/proc/self/cgroup").read_text().splitlines() if line.startswith("0::")
+        )
+        self.path = mount / own.lstrip("/") / f"{prefix}-{uuid.uuid4().hex[:8]}"
+        self.path.mkdir()
+
+    def child(self, rel: str) -> CgroupV2:
+        d = self.path / rel
+        d.mkdir(parents=True, exist_ok=True)
+        return CgroupV2(d)
+
+    def cleanup(self) -> None:
+        remove_tree(self.path)
+
+
+def add_process(cgroup: CgroupV1 | CgroupV2, pid: int) -> None:
+    """Move ``pid`` into the cgroup (every hierarchy for v1)."""
+    dirs = [cgroup.path] if isinstance(cgroup, CgroupV2) else list(cgroup.dirs.values())
+    for d in dirs:
+        (d / "cgroup.procs").write_text(str(pid))
+
+
+def remove_tree(top: Path, timeout: float = 10.0) -> None:
+    """Kill every process below ``top`` and remove the cgroups, leaf first."""
+    if not top.exists():
+        return
+    for dirpath, _dirnames, _files in os.walk(top, topdown=False):
+        d = Path(dirpath)
+        _thaw(d)
+        deadline = time.monotonic() + timeout
+        while True:
+            pids = (
+                [int(p) for p in (d / "cgroup.procs").read_text().split()]
+                if (d / "cgroup.procs").exists()
+                else []
+            )
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            try:
+                d.rmdir()
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+
+def _thaw(d: Path) -> None:
+    """A frozen cgroup cannot be emptied: thaw before killing."""
+    for name, value in (("freezer.state", "THAWED"), ("cgroup.freeze", "0")):
+        f = d / name
+        if f.exists():
+            try:
+                f.write_text(value)
+            except OSError:
+                pass
