@@ -26,8 +26,9 @@ The rules (protobuf -> JSON):
 * Repeated fields and maps are omitted when empty. The runtime-spec gives an absent list
   and an empty list the same meaning everywhere in this tree (``crun spec`` writes
   ``"inheritable": []`` where ``runc spec`` writes nothing; both mean "no capability").
-* OPTIONAL messages are omitted when unset *or* when every field in them is default:
-  ``"memory": {}`` or ``"pids": {"limit": 0}`` is junk some runtimes choke on.
+* OPTIONAL messages are omitted when unset, when every field in them is default, or when
+  nothing in them survives these rules: ``"memory": {}``, ``"resources": {}`` or
+  ``"pids": {"limit": 0}`` is junk some runtimes choke on.
 * PRESENCE messages are written whenever set, even if empty, because emptiness means
   something: ``process.capabilities: {}`` drops every capability while an absent object
   keeps the runtime's defaults, and ``linux: {}`` selects the Linux platform.
@@ -287,7 +288,9 @@ def to_json(msg: Message) -> dict[str, Any]:
                 out[f.key] = [to_json(v) for v in value] if is_msg else list(value)
         elif fd.cpp_type == FieldDescriptor.CPPTYPE_MESSAGE:
             if _emit_message(f.rule, msg.HasField(f.name), value):
-                out[f.key] = to_json(value)
+                converted = to_json(value)
+                if converted or f.rule is not Rule.OPTIONAL:
+                    out[f.key] = converted
         elif _emit_scalar(f, msg, value):
             out[f.key] = value
     return out
