@@ -11,6 +11,7 @@ Usage: python3 benchmarks/footprint.py [--runs N] [--settle SECONDS]
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -21,11 +22,31 @@ from pathlib import Path
 from _common import ROOT, gopeer, median, smaps_rollup, table
 
 
-def measure_agent(settle: float) -> dict[str, float]:
+def lean_env() -> dict[str, str]:
+    """Import path for ``python3 -S``: no site processing, as the guest image starts the agent.
+
+    Site processing runs every .pth hook of the machine's site-packages (here an
+    editable-install finder and a certifi hook cost ~3 MB); a guest image has
+    none, so -S with an explicit path measures what a guest would carry.
+    """
+    import sysconfig
+
+    env = gopeer.agent_env()
+    paths = [str(ROOT), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    return env
+
+
+def measure_agent(settle: float, lean: bool = True) -> dict[str, float]:
     d = Path(tempfile.mkdtemp(prefix="fp-agent-"))
     addr = f"unix://{d}/agent.sock"
-    argv = [sys.executable, "-m", "agent", "--server-addr", addr]
-    proc = gopeer.Proc(argv, "agent", gopeer.agent_env())
+    flags = ["-S"] if lean else []
+    # No command-line arguments, as at a guest boot (the address comes from the
+    # kernel command line or the environment), so argparse is never imported.
+    argv = [sys.executable, *flags, "-m", "agent"]
+    env = lean_env() if lean else gopeer.agent_env()
+    env["KATA_AGENT_SERVER_ADDR"] = addr
+    proc = gopeer.Proc(argv, "agent", env)
     try:
         ready = proc.wait_ready(addr, timeout=60)
         time.sleep(settle)
@@ -50,7 +71,7 @@ def measure_go(peer: Path, settle: float) -> dict[str, float]:
     return {"ready_ms": ready * 1e3, "rss_kb": mem["Rss"], "pss_kb": mem["Pss"]}
 
 
-def measure_grpcio(settle: float) -> dict[str, float]:
+def measure_grpcio(settle: float, lean: bool = True) -> dict[str, float]:
     """grpcio has its own connection backoff, so wait for READY before the first Check."""
     import grpc
 
@@ -61,7 +82,10 @@ def measure_grpcio(settle: float) -> dict[str, float]:
     script = ROOT / "benchmarks" / "grpc_health_server.py"
     t0 = time.monotonic()
     proc = subprocess.Popen(
-        [sys.executable, str(script), target], stdout=subprocess.PIPE, text=True, env=gopeer.agent_env()
+        [sys.executable, *(["-S"] if lean else []), str(script), target],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=lean_env() if lean else gopeer.agent_env(),
     )
     try:
         line = proc.stdout.readline() if proc.stdout else ""
@@ -130,15 +154,20 @@ def main() -> None:
         "kata-agent (python)": [],
         "grpcio server": [],
         "go ttrpc server": [],
+        "kata-agent, site hooks": [],
+        "grpcio server, site hooks": [],
     }
     for _ in range(args.runs):  # interleaved, so drift on the machine hits all alike
         results["kata-agent (python)"].append(measure_agent(args.settle))
         results["grpcio server"].append(measure_grpcio(args.settle))
         results["go ttrpc server"].append(measure_go(peer, args.settle))
+        results["kata-agent, site hooks"].append(measure_agent(args.settle, lean=False))
+        results["grpcio server, site hooks"].append(measure_grpcio(args.settle, lean=False))
 
     med = {name: {k: median([r[k] for r in rs]) for k in rs[0]} for name, rs in results.items()}
     rows = [[n, m["rss_kb"] / 1024, m["pss_kb"] / 1024, m["ready_ms"]] for n, m in med.items()]
     print(f"Idle footprint, {args.settle:g} s after the first Check (median of {args.runs} runs)")
+    print("Python servers run with -S (no site hooks, as in the guest image) unless marked 'site hooks'.")
     print(table(["server", "RSS MB", "PSS MB", "exec -> first Check ms"], rows))
     agent, grpcio = med["kata-agent (python)"], med["grpcio server"]
     print()
