@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import pytest
 
@@ -11,6 +12,11 @@ from agent.errors import NotFound
 from agent.reaper import Reaper, is_child_subreaper
 from tests.process.helpers import gone, state, wait_for
 from ttrpc.loop import Loop
+
+
+def parent(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
 
 
 def start(*argv: str) -> int:
@@ -56,8 +62,9 @@ def test_exit_before_watch_is_remembered(loop: Loop, reaper: Reaper) -> None:
 def test_exit_before_the_reaper_runs_at_all(loop: Loop) -> None:
     """A child that exited while nothing handled SIGCHLD is collected by install()."""
     pid = start("/bin/sh", "-c", "exit 3")
-    while state(pid) != "Z":
-        os.sched_yield()
+    deadline = time.monotonic() + 30
+    while state(pid) != "Z" and time.monotonic() < deadline:
+        time.sleep(0.01)
     reaper = Reaper(loop)
     reaper.install()
     try:
@@ -85,7 +92,7 @@ def test_orphaned_grandchildren_are_reaped(loop: Loop, reaper: Reaper, tmp_path)
     )
     assert loop.run_until(reaper.watch(sh), timeout=30).code == 0
     watched, unwatched = (int(line) for line in pids.read_text().split())
-    assert os.getpid() == int(open(f"/proc/{watched}/stat").read().rsplit(")", 1)[1].split()[1])
+    assert parent(watched) == os.getpid()  # reparented to us, the subreaper
     # The pid is learned late (like a pid file): the watch still gets the exit.
     assert loop.run_until(reaper.watch(watched), timeout=30).code == 5
     wait_for(loop, lambda: gone(unwatched))  # nobody asked: reaped anyway, no zombie
