@@ -7,6 +7,7 @@ carrier-less link.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import threading
 import time
@@ -331,7 +332,11 @@ def test_unknown_op_is_unimplemented(worker: NetworkWorker) -> None:
 
 
 def test_worker_does_not_touch_host_namespace(netns: str, worker: NetworkWorker) -> None:
-    host_links = subprocess.run(["ip", "-j", "link"], capture_output=True, text=True).stdout
-    names = {i["name"] for i in worker.list_interfaces()}
-    assert names == {"lo"}
-    assert subprocess.run(["ip", "-j", "link"], capture_output=True, text=True).stdout == host_links
+    def host_links() -> set[tuple[int, str]]:
+        out = subprocess.run(["ip", "-j", "link"], capture_output=True, text=True, check=True).stdout
+        return {(link["ifindex"], link["ifname"]) for link in json.loads(out)}
+
+    before = host_links()
+    worker.update_interface({"name": "lo", "IPAddresses": [{"address": "127.0.0.1", "mask": "8"}]})
+    assert {i["name"] for i in worker.list_interfaces()} == {"lo"}
+    assert host_links() == before
