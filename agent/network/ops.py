@@ -43,6 +43,7 @@ RT_TABLE_MAIN = 254
 RTN_UNICAST = 1
 RTPROT_BOOT = 3
 RT_SCOPE_LINK = 253
+RT_SCOPE_HOST = 254
 IFNAMSIZ = 15
 
 
@@ -173,7 +174,11 @@ class NetOps:
         return self._interface_dict(index)
 
     def _set_addresses(self, index: int, spec: InterfaceSpec) -> None:
-        """Make the link's addresses exactly the requested ones (kernel link-local v6 kept)."""
+        """Make the link's global addresses exactly the requested ones.
+
+        Link- and host-scoped addresses the kernel manages (IPv6 link-local,
+        loopback) are kept unless requested; they are not the runtime's to remove.
+        """
         v6 = self._ipv6_enabled()
         wanted = {(a.ip, a.prefixlen) for a in spec.addresses if a.version == 4 or v6}
         for a in self._nl("list addresses", "get_addr", index=index):
@@ -181,8 +186,8 @@ class NetOps:
             if not ip:
                 continue
             addr = ip_address(ip)
-            if addr.version == 6 and addr.is_link_local:
-                continue
+            if a["scope"] in (RT_SCOPE_LINK, RT_SCOPE_HOST) and (addr, a["prefixlen"]) not in wanted:
+                continue  # kernel-managed (fe80::/64, ::1, 127.0.0.1): left alone
             if (addr, a["prefixlen"]) in wanted:
                 continue
             self._nl(

@@ -338,5 +338,8 @@ def test_worker_does_not_touch_host_namespace(netns: str, worker: NetworkWorker)
 
     before = host_links()
     worker.update_interface({"name": "lo", "IPAddresses": [{"address": "127.0.0.1", "mask": "8"}]})
+    worker.update_interface({"name": "lo", "IPAddresses": [{"address": "127.0.0.1", "mask": "8"}]})
+    lo = {(a["local"], a["prefixlen"]) for a in link_info(netns, "lo")["addr_info"]}
+    assert lo == {("127.0.0.1", 8), ("::1", 128)}  # the kernel's ::1 survives a second update
     assert {i["name"] for i in worker.list_interfaces()} == {"lo"}
     assert host_links() == before
