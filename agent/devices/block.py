@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 from agent.devices.pci import PciPath, pcipath_to_sysfs, root_bus_path
@@ -23,11 +22,14 @@ ACPI_DEV_PATH = "/devices/LNXSYSTM"
 _SCSI_ADDR = re.compile(r"^(\d+):(\d+)$")
 
 
-@dataclass(frozen=True)
 class VirtioBlkPciMatcher:
     """A block device under ``<root bus><relpath>/virtioN/block/``."""
 
-    prefix: str
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def __repr__(self) -> str:
+        return f"VirtioBlkPciMatcher({self.prefix!r})"
 
     def __call__(self, ev: Uevent) -> bool:
         if ev.subsystem != "block" or not ev.devname or not ev.devpath.startswith(self.prefix):
@@ -35,13 +37,16 @@ class VirtioBlkPciMatcher:
         return re.match(r"^virtio[0-9]+/block/", ev.devpath[len(self.prefix) :]) is not None
 
 
-@dataclass(frozen=True)
 class BlockSuffixMatcher:
     """A block device whose DEVPATH ends with ``/block/<devname>`` (mmio), optionally
     also starting with a prefix (ACPI for nvdimm)."""
 
-    devname: str
-    prefix: str = ""
+    def __init__(self, devname: str, prefix: str = "") -> None:
+        self.devname = devname
+        self.prefix = prefix
+
+    def __repr__(self) -> str:
+        return f"BlockSuffixMatcher({self.devname!r}, {self.prefix!r})"
 
     def __call__(self, ev: Uevent) -> bool:
         return (
@@ -52,11 +57,14 @@ class BlockSuffixMatcher:
         )
 
 
-@dataclass(frozen=True)
 class ScsiBlockMatcher:
     """A SCSI disk at channel 0 of host 0's target:lun (one virtio-scsi controller)."""
 
-    addr: str
+    def __init__(self, addr: str) -> None:
+        self.addr = addr
+
+    def __repr__(self) -> str:
+        return f"ScsiBlockMatcher({self.addr!r})"
 
     def __call__(self, ev: Uevent) -> bool:
         return ev.subsystem == "block" and bool(ev.devname) and f"/0:0:{self.addr}/block/" in ev.devpath

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from agent.errors import InvalidArgument, NotFound
 
@@ -21,16 +21,22 @@ DEFAULT_ROOT_BUS = "/devices/pci0000:00"
 _HEX = re.compile(r"^[0-9a-fA-F]{1,2}$")
 
 
-@dataclass(frozen=True)
-class SlotFn:
+class _SlotFn(NamedTuple):
     slot: int
-    function: int = 0
+    function: int
 
-    def __post_init__(self) -> None:
-        if not 0 <= self.slot <= SLOT_MAX:
-            raise InvalidArgument(f"PCI slot {self.slot:#x} out of range [0..{SLOT_MAX:#x}]")
-        if not 0 <= self.function <= FUNCTION_MAX:
-            raise InvalidArgument(f"PCI function {self.function:#x} out of range [0..{FUNCTION_MAX:#x}]")
+
+class SlotFn(_SlotFn):
+    """One hop: a slot (device) and function number on a bus."""
+
+    __slots__ = ()
+
+    def __new__(cls, slot: int, function: int = 0) -> SlotFn:
+        if not 0 <= slot <= SLOT_MAX:
+            raise InvalidArgument(f"PCI slot {slot:#x} out of range [0..{SLOT_MAX:#x}]")
+        if not 0 <= function <= FUNCTION_MAX:
+            raise InvalidArgument(f"PCI function {function:#x} out of range [0..{FUNCTION_MAX:#x}]")
+        return super().__new__(cls, slot, function)
 
     @classmethod
     def parse(cls, text: str) -> SlotFn:
@@ -43,13 +49,19 @@ class SlotFn:
         return f"{self.slot:02x}.{self.function:x}"
 
 
-@dataclass(frozen=True)
-class PciPath:
+class _PciPath(NamedTuple):
     slots: tuple[SlotFn, ...]
 
-    def __post_init__(self) -> None:
-        if not self.slots:
+
+class PciPath(_PciPath):
+    """The slots from the root bus, through bridges, to a device."""
+
+    __slots__ = ()
+
+    def __new__(cls, slots: tuple[SlotFn, ...]) -> PciPath:
+        if not slots:
             raise InvalidArgument("PCI path must have at least one element")
+        return super().__new__(cls, tuple(slots))
 
     @classmethod
     def parse(cls, text: str) -> PciPath:

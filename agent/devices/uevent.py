@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import errno
 import socket
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 NETLINK_KOBJECT_UEVENT = 15
 KERNEL_GROUP = 1  # group 2 carries udev's re-broadcasts, which we do not want
@@ -17,11 +17,10 @@ LIBUDEV_MAGIC = b"libudev\0"
 RECV_BUFFER = 4 * 1024 * 1024
 
 
-@dataclass(frozen=True)
-class Uevent:
+class Uevent(NamedTuple):
     action: str
     devpath: str
-    env: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str]
 
     @property
     def subsystem(self) -> str:

@@ -18,7 +18,7 @@ import errno
 import os
 import shutil
 import stat
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from agent.errors import InvalidArgument, PermissionDenied
 from agent.guest.safepath import Beneath, split_relative
@@ -29,8 +29,7 @@ DEFAULT_DIR_MODE = 0o755
 TMP_SUFFIX = ".tmp"
 
 
-@dataclass(frozen=True)
-class CopyFileRequest:
+class CopyFileRequest(NamedTuple):
     """The fields of ``grpc.CopyFileRequest``, as plain values."""
 
     path: str

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from agent.errors import Internal
 
@@ -23,18 +23,16 @@ DEFAULT_STORAGE_HANDLERS = (
 )
 
 
-@dataclass(frozen=True)
-class AgentDetails:
+class AgentDetails(NamedTuple):
     version: str
     init_daemon: bool
-    device_handlers: list[str] = field(default_factory=list)
-    storage_handlers: list[str] = field(default_factory=list)
-    supports_seccomp: bool = False
-    extra_features: list[str] = field(default_factory=list)
+    device_handlers: list[str]
+    storage_handlers: list[str]
+    supports_seccomp: bool
+    extra_features: list[str]
 
 
-@dataclass(frozen=True)
-class GuestDetails:
+class GuestDetails(NamedTuple):
     mem_block_size_bytes: int
     support_mem_hotplug_probe: bool
     agent_details: AgentDetails

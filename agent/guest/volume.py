@@ -5,23 +5,21 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from agent.errors import FailedPrecondition, Internal, InvalidArgument, NotFound
 
 
-@dataclass(frozen=True)
-class VolumeUsage:
+class VolumeUsage(NamedTuple):
     available: int
     total: int
     used: int
     unit: str  # "BYTES" or "INODES", the names of grpc.VolumeUsage.Unit
 
 
-@dataclass(frozen=True)
-class VolumeStats:
-    usage: list[VolumeUsage] = field(default_factory=list)
+class VolumeStats(NamedTuple):
+    usage: list[VolumeUsage]
     abnormal: bool = False
     message: str = "OK"
 
@@ -53,8 +51,7 @@ def get_volume_stats(path: str) -> VolumeStats:
     )
 
 
-@dataclass(frozen=True)
-class MountInfo:
+class MountInfo(NamedTuple):
     mount_point: str
     fstype: str
     source: str

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import json
 import struct
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from agent import errors
 from ttrpc.status import Code
@@ -84,8 +83,7 @@ class MessageDecoder:
         return len(self._buf)
 
 
-@dataclass(frozen=True)
-class Reply:
+class Reply(NamedTuple):
     """One decoded worker reply."""
 
     id: int
