@@ -75,13 +75,20 @@ def _relative(cgroup_path: str) -> str:
 
 
 def _hierarchy_dir(root: Path, controller: str) -> Path | None:
-    """The mount directory of ``controller`` under ``root`` (handles ``cpu,cpuacct``)."""
+    """The mount directory of ``controller`` under ``root`` (handles ``cpu,cpuacct``).
+
+    A directory only counts if it has ``cgroup.procs``, i.e. a hierarchy is mounted there:
+    /sys/fs/cgroup is a tmpfs, and names of unmounted controllers can exist on it as
+    plain directories (another mount namespace created them).
+    """
     direct = root / controller
-    if direct.is_dir():
+    if (direct / "cgroup.procs").exists():
         return direct
     try:
         for entry in os.scandir(root):
-            if controller in entry.name.split(",") and entry.is_dir():
+            if controller in entry.name.split(",") and os.path.exists(
+                os.path.join(entry.path, "cgroup.procs")
+            ):
                 return Path(entry.path)
     except FileNotFoundError:
         return None

@@ -20,18 +20,29 @@ ROOT = Path("/sys/fs/cgroup")
 
 
 def _own_v1_hierarchies() -> dict[str, tuple[Path, str]]:
-    """controller -> (hierarchy mount dir, our cgroup path in it), from /proc/self/cgroup."""
+    """controller -> (its mount dir, our cgroup dir path relative to that mount).
+
+    Only hierarchies mounted in this mount namespace count: /proc/self/cgroup also lists
+    hierarchies that other namespaces mounted, whose names may exist here as plain
+    directories on the /sys/fs/cgroup tmpfs.
+    """
+    mounts: dict[str, tuple[Path, str]] = {}
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        sep = fields.index("-")
+        if fields[sep + 1] != "cgroup":
+            continue
+        for opt in fields[sep + 3].split(","):
+            if opt not in ("rw", "ro") and "=" not in opt or opt.startswith("name="):
+                mounts[opt.removeprefix("name=")] = (Path(fields[4]), fields[3])
     out: dict[str, tuple[Path, str]] = {}
     for line in Path("/proc/self/cgroup").read_text().splitlines():
         _hid, controllers, path = line.split(":", 2)
-        if not controllers:
-            continue  # the v2 line of a hybrid host
-        names = [c.removeprefix("name=") for c in controllers.split(",")]
-        mount_dir = ROOT / ",".join(names)
-        if not mount_dir.is_dir():
-            mount_dir = ROOT / names[0]
-        for name in names:
-            out[name] = (mount_dir, path)
+        for name in (c.removeprefix("name=") for c in controllers.split(",") if c):
+            if name in mounts:
+                mount_dir, mount_root = mounts[name]
+                rel = path[len(mount_root) :] if mount_root != "/" and path.startswith(mount_root) else path
+                out[name] = (mount_dir, rel)
     return out
 
 
@@ -53,23 +64,19 @@ class V1Tree:
             )
         self.parents: dict[str, Path] = {}
         self._made: list[Path] = []
+        self._sources: dict[str, Path] = {}
         for controller, (mount_dir, path) in hierarchies.items():
             d = mount_dir / path.lstrip("/") / self.name
             if d not in self._made:
                 d.mkdir()
                 _init_cpuset(d)
                 self._made.append(d)
+                self._sources[mount_dir.name] = d
             self.parents[controller] = d
 
     def mount_sources(self) -> dict[str, Path]:
-        """hierarchy directory name under /sys/fs/cgroup -> our parent cgroup in it."""
-        out: dict[str, Path] = {}
-        for d in self._made:
-            mount_dir = d
-            while mount_dir.parent != ROOT:
-                mount_dir = mount_dir.parent
-            out[mount_dir.name] = d
-        return out
+        """hierarchy mount directory name -> our parent cgroup in it."""
+        return dict(self._sources)
 
     def child(self, rel: str) -> CgroupV1:
         """Create ``rel`` below the parent in every hierarchy; returns its handle."""
