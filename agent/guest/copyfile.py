@@ -20,7 +20,7 @@ import shutil
 import stat
 from typing import NamedTuple
 
-from agent.errors import InvalidArgument, PermissionDenied
+from agent.errors import AgentError, FailedPrecondition, Internal, InvalidArgument, PermissionDenied
 from agent.guest.safepath import Beneath, split_relative
 
 DEFAULT_SHARED_DIR = "/run/kata-containers/shared/containers"
@@ -60,7 +60,10 @@ def copy_file(
             f"CopyFile: chunk [{req.offset}, {req.offset + len(req.data)}) exceeds file_size {req.file_size}"
         )
 
-    root_fd = os.open(shared_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        root_fd = os.open(shared_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise FailedPrecondition(f"CopyFile: shared directory {shared_dir}: {exc.strerror}") from None
     try:
         beneath = Beneath(root_fd, use_openat2=use_openat2, label=shared_dir)
         parent_fd = _make_parents(beneath, parts[:-1], req.dir_mode & PERMISSION_MASK or DEFAULT_DIR_MODE)
@@ -73,6 +76,11 @@ def copy_file(
                 _write_chunk(parent_fd, name, req)
         finally:
             os.close(parent_fd)
+    except AgentError:
+        raise
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise Internal(f"CopyFile {req.path}: {exc.strerror or exc}{where}") from None
     finally:
         os.close(root_fd)
 

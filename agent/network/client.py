@@ -223,8 +223,9 @@ class NetworkWorker:
             except ConnectionResetError:
                 data = b""
             if not data:
+                status = self._exit_status()
                 self.close()
-                raise Unavailable(f"network worker exited before answering {op}")
+                raise Unavailable(f"network worker exited before answering {op}{status}")
             try:
                 replies = self.codec.feed(data)
             except ProtocolError as exc:
@@ -233,6 +234,15 @@ class NetworkWorker:
             for reply in replies:
                 if reply.id == req_id:
                     return reply.unwrap()
+
+    def _exit_status(self, wait: float = 1.0) -> str:
+        """A short wait for the exit code of a worker that hung up (thread context only)."""
+        if self.proc is None or self.on_spawn is not None:
+            return ""
+        try:
+            return f" (exit status {self.proc.wait(wait)})"
+        except subprocess.TimeoutExpired:
+            return ""
 
     # -- typed helpers (the service layer's entry points) -----------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import inspect
 import os
 import select
 import socket
@@ -60,7 +61,12 @@ class Server:
                 raise Unimplemented(f"network worker: unknown operation {op!r}")
             if not isinstance(args, dict):
                 raise InvalidArgument("network worker: args must be an object")
-            result = getattr(self.ops, op)(**args)
+            method = getattr(self.ops, op)
+            try:
+                inspect.signature(method).bind(**args)
+            except TypeError as exc:
+                raise InvalidArgument(f"network worker: bad arguments for {op}: {exc}") from None
+            result = method(**args)
         except Exception as exc:  # every failure goes back to the caller, the worker lives on
             self.deadline = time.monotonic() + self.idle_timeout
             return encode_error(req_id, exc, self.deadline)
