@@ -273,3 +273,11 @@ def test_file_in_place_of_parent_dir(dirs, mode) -> None:
     (shared / "plain").write_bytes(b"x")
     with pytest.raises(PermissionDenied):
         put(shared, "plain/child", b"y", mode)
+
+
+def test_missing_shared_dir_is_a_precondition(tmp_path: Path) -> None:
+    from agent.errors import FailedPrecondition
+
+    missing = tmp_path / "not-there"
+    with pytest.raises(FailedPrecondition, match="shared directory"):
+        copy_file(CopyFileRequest(f"{missing}/x", b"a", 0, 1), str(missing))

@@ -343,3 +343,11 @@ def test_worker_does_not_touch_host_namespace(netns: str, worker: NetworkWorker)
     assert lo == {("127.0.0.1", 8), ("::1", 128)}  # the kernel's ::1 survives a second update
     assert {i["name"] for i in worker.list_interfaces()} == {"lo"}
     assert host_links() == before
+
+
+def test_bad_arguments_are_invalid_argument(worker: NetworkWorker) -> None:
+    with pytest.raises(InvalidArgument, match="bad arguments for update_routes"):
+        worker.call("update_routes", {"routez": []})
+    with pytest.raises(InvalidArgument, match="expected a list"):
+        worker.call("update_routes", {"routes": "nope"})
+    assert worker.list_routes() == []  # the worker survived both
