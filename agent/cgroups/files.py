@@ -80,7 +80,7 @@ def write_value(path: Path, value: str | int, *, field: str) -> None:
     """Write one value to a control file; errors name the OCI field being applied."""
     data = str(value).encode()
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
     except FileNotFoundError:
         raise FailedPrecondition(f"{field}: {path} does not exist (controller not available?)") from None
     try:
