@@ -103,6 +103,7 @@ class V2Tree:
         own = next(
             line[3:] for line in Path("/proc/self/cgroup").read_text().splitlines() if line.startswith("0::")
         )
+        self.mount = mount
         self.path = mount / own.lstrip("/") / f"{prefix}-{uuid.uuid4().hex[:8]}"
         self.path.mkdir()
 
