@@ -176,12 +176,14 @@ class _Run:
     # -- exit, timeout, cancel ------------------------------------------------
 
     def on_exit(self, fut: Future[ExitStatus]) -> None:
-        if fut.cancelled() or self.finished:
+        if fut.cancelled():
+            return
+        if self.launcher is not None:
+            self.launcher.returncode = fut.result().code  # so Popen never polls the pid
+            self.launcher = None
+        if self.finished:
             return
         self.exit = fut.result()
-        if self.launcher is not None:
-            self.launcher.returncode = self.exit.code  # Popen must never poll it
-            self.launcher = None
         if self.open_captures:
             self.timers.append(self.loop.call_later(self.eof_grace, self._grace_over))
         self._maybe_finish()

@@ -28,11 +28,15 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from agent.errors import NotFound
-from ttrpc.loop import Future, Loop
+from ttrpc.loop import Future, Loop, TimerHandle
 
 PR_SET_CHILD_SUBREAPER = 36
 PR_GET_CHILD_SUBREAPER = 37
 UNCLAIMED_LIMIT = 1024
+# A safety net, not the mechanism: the loop's wake-up pipe can drop a signal
+# byte if it is ever full, so a slow periodic sweep bounds how long an exit can
+# go unnoticed. One WNOHANG waitpid every few seconds costs nothing.
+SWEEP_INTERVAL = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,9 +81,16 @@ def set_child_subreaper(enabled: bool = True) -> None:
 class Reaper:
     """Collects every child exit on SIGCHLD and dispatches it by pid (loop thread only)."""
 
-    def __init__(self, loop: Loop, unclaimed_limit: int = UNCLAIMED_LIMIT) -> None:
+    def __init__(
+        self,
+        loop: Loop,
+        unclaimed_limit: int = UNCLAIMED_LIMIT,
+        sweep_interval: float | None = SWEEP_INTERVAL,
+    ) -> None:
         self.loop = loop
         self._limit = unclaimed_limit
+        self._sweep_interval = sweep_interval
+        self._sweep_timer: TimerHandle | None = None
         self._watchers: dict[int, list[Future[ExitStatus]]] = {}
         self._unclaimed: OrderedDict[int, tuple[int, ExitStatus]] = OrderedDict()
         self._seq = 0
@@ -108,6 +119,13 @@ class Reaper:
         self._installed = True
         self.thread_id = threading.get_ident()
         self.reap()  # children that exited before the handler existed sent a SIGCHLD nobody saw
+        if self._sweep_interval:
+            self._sweep_timer = self.loop.call_later(self._sweep_interval, self._sweep)
+
+    def _sweep(self) -> None:
+        if self._installed and self._sweep_interval:
+            self.reap()
+            self._sweep_timer = self.loop.call_later(self._sweep_interval, self._sweep)
 
     def uninstall(self) -> None:
         """Stop handling SIGCHLD (tests; shutdown). Restores the previous subreaper flag."""
@@ -115,6 +133,9 @@ class Reaper:
             return
         self.reap()
         self.loop.remove_signal_handler(signal.SIGCHLD)
+        if self._sweep_timer is not None:
+            self._sweep_timer.cancel()
+            self._sweep_timer = None
         if self._was_subreaper is False:
             set_child_subreaper(False)
         self._installed = False

@@ -137,3 +137,15 @@ def test_unclaimed_exits_are_bounded(loop: Loop) -> None:
             reaper.watch(pids[0]).result()
     finally:
         reaper.uninstall()
+
+
+def test_the_sweep_collects_an_exit_whose_signal_was_lost(loop: Loop) -> None:
+    reaper = Reaper(loop, sweep_interval=0.2)
+    reaper.install()
+    try:
+        loop.remove_signal_handler(signal.SIGCHLD)  # SIGCHLD no longer reaches the loop
+        fut = reaper.watch(start("/bin/sh", "-c", "exit 12"))
+        assert loop.run_until(fut, timeout=30).code == 12
+    finally:
+        loop.add_signal_handler(signal.SIGCHLD, lambda _s: None)
+        reaper.uninstall()

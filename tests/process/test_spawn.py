@@ -135,3 +135,16 @@ def test_run_from_thread_errors_come_back(loop: Loop, reaper: Reaper) -> None:
 def test_spawn_requires_an_installed_reaper(loop: Loop) -> None:
     with pytest.raises(RuntimeError, match="Reaper"):
         spawn(loop, Reaper(loop), ["true"])
+
+
+def test_the_cwd_launcher_never_waits_itself(loop: Loop, reaper: Reaper, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The Popen used for ``cwd`` is told the exit, so subprocess never polls (steals) the pid."""
+    import gc
+    import subprocess
+
+    fut = spawn(loop, reaper, ["sleep", "30"], cwd=str(tmp_path))
+    loop.run_once(0)
+    fut.cancel()
+    wait_for(loop, lambda: reaper.pending() == 0)
+    gc.collect()
+    assert not subprocess._active  # type: ignore[attr-defined]
