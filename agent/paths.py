@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import errno
 import os
-import platform
 import stat
 from collections import deque
 from pathlib import Path
@@ -97,7 +96,7 @@ def _openat2(dirfd: int, path: str, flags: int, mode: int, resolve: int) -> int:
     global _syscall
     import ctypes  # lazily: ctypes is not otherwise resident
 
-    nr = _SYS_OPENAT2.get(platform.machine())
+    nr = _SYS_OPENAT2.get(os.uname().machine)
     if nr is None:
         raise OSError(errno.ENOSYS, "openat2 syscall number unknown for this architecture")
 

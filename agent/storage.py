@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import stat
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -503,6 +502,8 @@ def _remove(path: Path, *, recursive: bool) -> None:
     """Remove a mount point we created (best effort: it stays beneath our mount root)."""
     try:
         if recursive:
+            import shutil  # lazily: only a local storage's last release needs it
+
             shutil.rmtree(path)
         elif path.is_dir() and not path.is_symlink():
             os.rmdir(path)
