@@ -14,6 +14,7 @@ AGENT_SIDE = [
     "agent.devices.watcher",
     "agent.devices.pci",
     "agent.devices.block",
+    "agent.devices.net",
     "agent.guest.copyfile",
     "agent.guest.cpumem",
     "agent.guest.details",
