@@ -174,7 +174,8 @@ def parse_state(output: str | bytes) -> ContainerState:
             raise Internal(f"runtime state output: {key!r} missing or not a {kind.__name__}")
     if doc["status"] not in STATUSES:
         raise Internal(f"runtime state output: unknown status {doc['status']!r}")
-    annotations = doc.get("annotations") or {}
+    annotations = doc.get("annotations")
+    annotations = {} if annotations is None else annotations
     if not isinstance(annotations, dict):
         raise Internal("runtime state output: 'annotations' is not an object")
     return ContainerState(
@@ -230,4 +231,6 @@ def is_missing_container(cli: RuntimeCLI, container_id: str, message: str) -> bo
     if "container does not exist" in text or f"container `{container_id.lower()}` does not exist" in text:
         return True
     state_dir = os.path.join(cli.root, container_id).lower()
-    return "no such file or directory" in text and state_dir in text
+    return "no such file or directory" in text and any(
+        state_dir + end in text for end in ("/", "`", "'", '"')
+    )
