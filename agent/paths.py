@@ -55,6 +55,7 @@ _SYS_OPENAT2 = {"x86_64": 437, "aarch64": 437, "arm64": 437, "riscv64": 437, "pp
 
 _openat2_usable: bool | None = None  # None: not tried yet
 _syscall = None
+_open_how = None
 
 
 class _Missing(Exception):
@@ -93,23 +94,24 @@ def openat2_available() -> bool:
 
 def _openat2(dirfd: int, path: str, flags: int, mode: int, resolve: int) -> int:
     """Raw openat2(2) through libc's syscall(); raises OSError like os.open."""
-    global _syscall
+    global _syscall, _open_how
     import ctypes  # lazily: ctypes is not otherwise resident
 
     nr = _SYS_OPENAT2.get(os.uname().machine)
     if nr is None:
         raise OSError(errno.ENOSYS, "openat2 syscall number unknown for this architecture")
-
-    class OpenHow(ctypes.Structure):
-        _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
-
     if _syscall is None:
+
+        class OpenHow(ctypes.Structure):  # struct open_how
+            _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
         libc = ctypes.CDLL(None, use_errno=True)
+        _open_how = OpenHow
         _syscall = libc.syscall
         _syscall.restype = ctypes.c_long
     if not flags & (os.O_CREAT | os.O_TMPFILE):
         mode = 0  # openat2 refuses a mode it would not use
-    how = OpenHow(flags | os.O_CLOEXEC, mode, resolve)
+    how = _open_how(flags | os.O_CLOEXEC, mode, resolve)
     fd = _syscall(
         ctypes.c_long(nr),
         ctypes.c_int(dirfd),
@@ -160,6 +162,8 @@ def open_beneath(
             fd, _names = _walk(rootfd, parts, flags, mode, in_root, what, relative)
         except _Missing as m:
             raise NotFound(f"{what} {os.fspath(relative)!r}: {m.rest[0]!r} not found") from None
+        except OSError as e:
+            raise _translate(e, what, relative) from None
         return fd
     finally:
         os.close(rootfd)
@@ -312,6 +316,8 @@ def resolve_beneath(
                 return found
         try:
             fd, names = _walk(rootfd, parts, os.O_PATH, 0, in_root, what, relative)
+        except OSError as e:
+            raise _translate(e, what, relative) from None
         except _Missing as m:
             if not allow_missing:
                 raise NotFound(f"{what} {os.fspath(relative)!r}: {m.rest[0]!r} not found") from None
@@ -358,7 +364,10 @@ def makedirs_beneath(
     base = Path(os.path.realpath(root))
     rootfd = _open_root(base)
     try:
-        fd, names = _walk(rootfd, parts, os.O_PATH, 0, in_root, what, relative, make_dirs=mode)
+        try:
+            fd, names = _walk(rootfd, parts, os.O_PATH, 0, in_root, what, relative, make_dirs=mode)
+        except OSError as e:
+            raise _translate(e, what, relative) from None
         try:
             if not stat.S_ISDIR(os.fstat(fd).st_mode):
                 raise InvalidArgument(f"{what} {os.fspath(relative)!r} exists and is not a directory")
