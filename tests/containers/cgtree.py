@@ -162,3 +162,26 @@ def _thaw(d: Path) -> None:
                 f.write_text(value)
             except OSError:
                 pass
+
+
+def cpu_ticks(pid: int) -> int:
+    """User+system clock ticks the process has used (from /proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def assert_freezes(pid: int, freeze, thaw) -> None:
+    """A CPU-burning ``pid`` makes no progress between ``freeze()`` and ``thaw()``, then does.
+
+    Frozen means exactly zero ticks, so this holds on a loaded machine; progress after
+    thawing is awaited for seconds, not assumed.
+    """
+    freeze()
+    before = cpu_ticks(pid)
+    time.sleep(0.3)
+    assert cpu_ticks(pid) == before, "a frozen process kept running"
+    thaw()
+    deadline = time.monotonic() + 10
+    while cpu_ticks(pid) == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert cpu_ticks(pid) > before, "the thawed process did not run again"
