@@ -419,7 +419,8 @@ class StorageManager:
             raise InvalidArgument(f"storage.driver {spec.driver!r} is not supported")
         rel = self._confined(spec.mount_point)
         with self._lock:
-            known = self._entries.get(self._lookup(rel))
+            resolved = self._lookup(rel)
+            known = self._entries.get(resolved)
             if known is not None:
                 if known.spec.identity() != spec.identity():
                     raise InvalidArgument(
@@ -428,7 +429,7 @@ class StorageManager:
                     )
                 known.count += 1
                 return known.path
-            existed = os.path.lexists(self._lookup(rel))
+            existed = os.path.lexists(resolved)
             path = self._make_mount_point(spec, rel)
             try:
                 mounted = driver(spec, path)
@@ -509,7 +510,5 @@ def _remove(path: Path, *, recursive: bool) -> None:
             os.rmdir(path)
         else:
             os.unlink(path)
-    except FileNotFoundError:
-        pass
     except OSError:
-        pass  # not empty or busy: leave it, it is beneath our mount root
+        pass  # gone already, or not empty or busy: leave it, it is beneath our mount root
