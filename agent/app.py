@@ -1,8 +1,13 @@
-"""The agent process: one loop, one ttRPC server, the registered services."""
+"""The agent process: one loop, one ttRPC server, the registered services.
+
+Capabilities keep their state in components created on first use
+(:meth:`Agent.component`), so an idle agent carries only the core.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from agent import log
 from agent.service import AGENT_SERVICE, HEALTH_SERVICE, agent_methods, health
@@ -11,7 +16,9 @@ from ttrpc.server import Server
 
 if TYPE_CHECKING:
     from agent.config import AgentConfig
+    from agent.reaper import Reaper
 
+T = TypeVar("T")
 _log = log.logger("ttrpc")
 
 
@@ -28,12 +35,35 @@ class Agent:
         )
         self.server = Server(self.loop, on_error=_log_server_error)
         self.server.register_service(HEALTH_SERVICE, health.METHODS)
-        self.server.register_service(AGENT_SERVICE, agent_methods({}))
+        self.server.register_service(AGENT_SERVICE, agent_methods(self))
+        self._components: dict[str, Any] = {}
+        self._closers: list[Callable[[], Any]] = []
         #: Set by DestroySandbox in init mode: power the VM off once serving stops.
         self.power_off_requested = False
 
+    def component(self, name: str, factory: Callable[[Agent], T]) -> T:
+        """The agent-wide ``name`` object, created by ``factory(agent)`` on first use."""
+        try:
+            return self._components[name]
+        except KeyError:
+            obj = self._components[name] = factory(self)
+            return obj
+
+    def on_close(self, fn: Callable[[], Any]) -> None:
+        """Run ``fn`` when the agent shuts down (components release fds, workers, mounts)."""
+        self._closers.append(fn)
+
+    @property
+    def reaper(self) -> Reaper:
+        """The one reaper: every child's exit goes through it."""
+        return self.component("reaper", _make_reaper)
+
     def start(self) -> None:
         self.server.listen(self.config.server_addr)
+        import os
+
+        if os.getpid() == 1:
+            self.reaper  # noqa: B018 - PID 1 reaps orphans from the start
 
     def run(self) -> None:
         self.server.serve_forever()
@@ -42,5 +72,19 @@ class Agent:
         self.server.shutdown()
 
     def close(self) -> None:
+        for fn in reversed(self._closers):
+            try:
+                fn()
+            except Exception as exc:  # noqa: BLE001 - shutting down: log and go on
+                _log.error("cleanup failed", error=f"{type(exc).__name__}: {exc}")
         self.server.close()
         self.loop.close()
+
+
+def _make_reaper(agent: Agent) -> Reaper:
+    from agent.reaper import Reaper
+
+    reaper = Reaper(agent.loop)
+    reaper.install()
+    agent.on_close(reaper.uninstall)
+    return reaper

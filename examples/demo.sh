@@ -9,13 +9,17 @@ work=$(mktemp -d /tmp/kata-demo.XXXXXX)
 sock="$work/agent.sock"
 addr="unix://$sock"
 cleanup() {
-    [ -n "${agent_pid:-}" ] && kill "$agent_pid" 2>/dev/null && wait "$agent_pid" 2>/dev/null || true
+    # unshare does not forward signals: stop the agent (its child, PID 1 inside) directly
+    if [ -n "${agent_pid:-}" ]; then
+        pkill -TERM -P "$agent_pid" 2>/dev/null || true
+        wait "$agent_pid" 2>/dev/null || true
+    fi
     rm -rf "$work"
 }
 trap cleanup EXIT
 
 echo "== starting kata-agent as PID 1 in new pid/mount/net/uts/ipc namespaces"
-KATA_AGENT_SERVER_ADDR="$addr" unshare --fork --pid --mount --net --uts --ipc \
+KATA_AGENT_SERVER_ADDR="$addr" unshare --fork --kill-child=SIGTERM --pid --mount --net --uts --ipc \
     python3 -m agent 2>"$work/agent.log" &
 agent_pid=$!
 for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.05; done

@@ -43,6 +43,12 @@ class Method(NamedTuple):
     server_streaming: bool = False
 
 
+#: ``interceptor(ctx, request) -> on_done | None``: called before each handler (request is
+#: None for client-streaming calls).  Raising RPCError refuses the call; a returned
+#: ``on_done(response, code, message) -> response`` sees (and may replace) the outcome.
+Interceptor = Callable[["CallContext", Any], Any]
+
+
 class CallContext:
     """What a handler knows about its call, and its stream for streaming RPCs."""
 
@@ -60,6 +66,7 @@ class CallContext:
         "_waiter",
         "_remote_closed",
         "_timer",
+        "_on_done",
     )
 
     def __init__(
@@ -86,6 +93,7 @@ class CallContext:
         self._waiter: Future[Message | None] | None = None
         self._remote_closed = remote_closed
         self._timer: TimerHandle | None = None
+        self._on_done: list[Callable[[Any, int, str], Any]] | None = None
 
     @property
     def loop(self) -> Loop:
@@ -297,6 +305,7 @@ class Server:
         self.max_connections = max_connections
         self.write_limit = write_limit
         self._services: dict[str, Mapping[str, Method]] = {}
+        self.interceptors: list[Interceptor] = []
         self._listeners: list[tuple[socket.socket, addresses.Address]] = []
         self._connections: set[_Connection] = set()
         self._on_error = on_error or _print_error
@@ -349,16 +358,21 @@ class Server:
         if deadline is not None:
             ctx._timer = loop.call_later(ev.timeout_nano / 1e9, self._expire, conn, ctx)
         try:
-            if rpc.client_streaming:
-                result = rpc.handler(ctx)
-            else:
+            request = None
+            if not rpc.client_streaming:
                 request = rpc.request_type()
                 try:
                     request.ParseFromString(ev.payload)
                 except DecodeError as exc:
                     conn.fail(ctx, Code.INVALID_ARGUMENT, f"unmarshal request error: {exc}")
                     return
-                result = rpc.handler(request, ctx)
+            for interceptor in self.interceptors:
+                on_done = interceptor(ctx, request)
+                if on_done is not None:
+                    if ctx._on_done is None:
+                        ctx._on_done = []
+                    ctx._on_done.append(on_done)
+            result = rpc.handler(ctx) if rpc.client_streaming else rpc.handler(request, ctx)
         except Exception as exc:  # noqa: BLE001 - mapped to a status
             self._answer_error(conn, ctx, exc)
             return
@@ -381,6 +395,14 @@ class Server:
     def _answer(self, conn: _Connection, ctx: CallContext, result: Message | None) -> None:
         if ctx.cancelled or conn.closed:
             return
+        if ctx._on_done:
+            try:
+                for on_done in ctx._on_done:
+                    result = on_done(result, 0, "")
+            except Exception as exc:  # noqa: BLE001 - an interceptor may veto the reply
+                ctx._on_done = None
+                self._answer_error(conn, ctx, exc)
+                return
         payload = b"" if result is None else result.SerializeToString()
         conn.respond(ctx, payload)
 
@@ -392,6 +414,11 @@ class Server:
         else:
             code, message = Code.UNKNOWN, str(exc) or type(exc).__name__
             self._on_error(f"handler {ctx.service}/{ctx.method} raised", exc)
+        for on_done in ctx._on_done or ():
+            try:
+                on_done(None, code, message)
+            except Exception as hook_exc:  # noqa: BLE001 - the error answer goes out regardless
+                self._on_error("interceptor failed", hook_exc)
         conn.respond(ctx, b"", code, message)
         ctx._cancel()
 

@@ -1,31 +1,63 @@
 """Thin RPC handlers: check arguments, call the domain, return the reply.
 
-Every method of ``grpc.AgentService`` is registered; those whose issue has
-not landed answer UNIMPLEMENTED with the method's name, so the runtime gets a
-clear answer instead of a generic "method not found".
+Every method of ``grpc.AgentService`` is registered.  The implementing
+function is resolved through :mod:`agent.service.routes` on first use, so the
+idle agent imports no capability it has not been asked for; a method with no
+implementation answers UNIMPLEMENTED with its name.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import importlib
+from collections.abc import Callable
 from typing import Any
 
 from agent.errors import Unimplemented
-from ttrpc.server import Method
+from agent.service.routes import ROUTES
+from ttrpc.server import CallContext, Method
 
 AGENT_SERVICE = "grpc.AgentService"
 HEALTH_SERVICE = "grpc.Health"
 
 
-def _unimplemented(name: str) -> Callable[..., Any]:
-    def handler(request: object, ctx: object) -> None:
-        raise Unimplemented(f"/{AGENT_SERVICE}/{name} is not implemented")
+class _LazyHandler:
+    """Resolves ``module.function`` on the first call, then calls it directly."""
 
-    handler.__name__ = f"unimplemented_{name}"
-    return handler
+    __slots__ = ("agent", "method", "target", "fn")
+
+    def __init__(self, agent: object, method: str, target: tuple[str, str] | None) -> None:
+        self.agent = agent
+        self.method = method
+        self.target = target
+        self.fn: Callable[..., Any] | None = None
+
+    def __call__(self, request: object, ctx: CallContext) -> Any:
+        fn = self.fn
+        if fn is None:
+            fn = self.fn = self._resolve()
+        return fn(self.agent, request, ctx)
+
+    def _resolve(self) -> Callable[..., Any]:
+        if self.target is not None:
+            module_name, function = self.target
+            try:
+                module = importlib.import_module(module_name)
+            except ModuleNotFoundError as exc:
+                if exc.name != module_name:
+                    raise
+            else:
+                fn = getattr(module, function, None)
+                if fn is not None:
+                    return fn
+        method = self.method
+
+        def unimplemented(agent: object, request: object, ctx: CallContext) -> None:
+            raise Unimplemented(f"/{AGENT_SERVICE}/{method} is not implemented")
+
+        return unimplemented
 
 
-def agent_methods(implemented: Mapping[str, Callable[..., Any]]) -> dict[str, Method]:
+def agent_methods(agent: object) -> dict[str, Method]:
     """A Method for every AgentService RPC of the contract, from the generated descriptor."""
     from google.protobuf import symbol_database
 
@@ -35,13 +67,9 @@ def agent_methods(implemented: Mapping[str, Callable[..., Any]]) -> dict[str, Me
     service = agent_pb2.DESCRIPTOR.services_by_name["AgentService"]
     methods: dict[str, Method] = {}
     for m in service.methods:
-        handler = implemented.get(m.name) or _unimplemented(m.name)
         methods[m.name] = Method(
-            handler,
+            _LazyHandler(agent, m.name, ROUTES.get(m.name)),
             db.GetSymbol(m.input_type.full_name),
             db.GetSymbol(m.output_type.full_name),
         )
-    unknown = set(implemented) - set(methods)
-    if unknown:
-        raise ValueError(f"handlers for methods not in the contract: {sorted(unknown)}")
     return methods

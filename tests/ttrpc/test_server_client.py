@@ -276,3 +276,31 @@ def test_big_replies_while_server_pauses_our_writes(sock_path) -> None:  # type:
             t.join(120)
         assert not any(t.is_alive() for t in threads), "client and server stalled each other"
         assert errors == []
+
+
+def test_interceptors_see_refuse_and_replace(sock_path) -> None:  # type: ignore[no-untyped-def]
+    seen: list[tuple[str, int]] = []
+    with serving(f"unix://{sock_path}") as p:
+
+        def interceptor(ctx, request):  # type: ignore[no-untyped-def]
+            if request is not None and request.service == "forbidden":
+                raise RPCError("policy says no", Code.PERMISSION_DENIED)
+
+            def on_done(response, code, message):  # type: ignore[no-untyped-def]
+                seen.append((ctx.method, code))
+                if response is not None and response.service == "secret":
+                    return CheckRequest(service="")
+                return response
+
+            return on_done
+
+        p.on_loop(p.server.interceptors.append, interceptor)
+        with Client(p.address) as c:
+            assert call(c, "Echo", "hi") == "hi"
+            assert call(c, "Echo", "secret") == ""
+            with pytest.raises(RPCError) as err:
+                call(c, "Echo", "forbidden")
+            assert err.value.code == Code.PERMISSION_DENIED
+            with pytest.raises(RPCError):
+                call(c, "Fail", "5:gone")
+    assert seen == [("Echo", 0), ("Echo", 0), ("Fail", 5)]
