@@ -55,8 +55,9 @@ def _rewrite_imports(source: str, where: dict[str, str]) -> str:
 
 def generate(out_root: Path) -> list[Path]:
     """Run protoc for every target and write the rewritten modules under out_root."""
-    from grpc_tools import protoc  # dev-only dependency
     import importlib.resources
+
+    from grpc_tools import protoc  # dev-only dependency
 
     include = str(importlib.resources.files("grpc_tools") / "_proto")
     where = _module_package()
