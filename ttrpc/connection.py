@@ -193,6 +193,21 @@ def encode_response(stream_id: int, code: int = 0, message: str = "", payload: b
     return encode_frame(stream_id, TYPE_RESPONSE, 0, data)
 
 
+def _data_frame(
+    state: _StreamState | _ClientStream, stream_id: int, payload: bytes | None, end: bool, limit: int
+) -> bytes:
+    """A data frame; ``end`` closes our side, a None payload is a flags-only frame."""
+    if payload is not None and len(payload) > limit:
+        raise RPCError(f"data message length {len(payload)} exceeds {limit}", Code.RESOURCE_EXHAUSTED)
+    flags = 0
+    if end:
+        flags |= FLAG_REMOTE_CLOSED
+        state.local_closed = True
+    if payload is None:
+        flags |= FLAG_NO_DATA
+    return encode_frame(stream_id, TYPE_DATA, flags, payload or b"")
+
+
 # --------------------------------------------------------------------- server
 
 
@@ -349,15 +364,7 @@ class ServerConnection:
             return b""
         if state.unary or state.local_closed:
             raise RPCError("cannot send data on a unary or locally closed stream", Code.FAILED_PRECONDITION)
-        if payload is not None and len(payload) > MAX_DATA:
-            raise RPCError(f"data message length {len(payload)} exceeds {MAX_DATA}", Code.RESOURCE_EXHAUSTED)
-        flags = 0
-        if end:
-            flags |= FLAG_REMOTE_CLOSED
-            state.local_closed = True
-        if payload is None:
-            flags |= FLAG_NO_DATA
-        return encode_frame(stream_id, TYPE_DATA, flags, payload or b"")
+        return _data_frame(state, stream_id, payload, end, MAX_DATA)
 
     def reset(self, stream_id: int) -> None:
         """Forget a stream without answering (its client is gone)."""
@@ -429,17 +436,7 @@ class ClientConnection:
         state = self._streams.get(stream_id)
         if state is None or state.local_closed:
             raise RPCError("stream is closed for sending", Code.FAILED_PRECONDITION)
-        if payload is not None and len(payload) > self.max_data:
-            raise RPCError(
-                f"data message length {len(payload)} exceeds {self.max_data}", Code.RESOURCE_EXHAUSTED
-            )
-        flags = 0
-        if end:
-            flags |= FLAG_REMOTE_CLOSED
-            state.local_closed = True
-        if payload is None:
-            flags |= FLAG_NO_DATA
-        return encode_frame(stream_id, TYPE_DATA, flags, payload or b"")
+        return _data_frame(state, stream_id, payload, end, self.max_data)
 
     def forget(self, stream_id: int) -> None:
         """Stop tracking a stream (the caller gave up on it, e.g. deadline)."""
