@@ -5,10 +5,14 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
 from agent.errors import FailedPrecondition, Internal, InvalidArgument, NotFound
+
+#: Runs a resolved argv to completion, raising an agent error if it fails.
+Runner = Callable[[list[str]], None]
 
 
 class VolumeUsage(NamedTuple):
@@ -89,10 +93,13 @@ def find_mount(path: str, proc_root: str = "/proc") -> MountInfo:
     return best
 
 
-def _run(argv: list[str]) -> None:
+def _run(argv: list[str], runner: Runner | None = None) -> None:
     tool = shutil.which(argv[0], path="/usr/sbin:/sbin:/usr/bin:/bin")
     if tool is None:
         raise FailedPrecondition(f"{argv[0]} is not installed in the guest")
+    if runner is not None:  # the agent's way of running children (its reaper collects exits)
+        runner([tool, *argv[1:]])
+        return
     proc = subprocess.run([tool, *argv[1:]], capture_output=True, text=True, timeout=300, check=False)
     if proc.returncode != 0:
         raise Internal(
@@ -100,7 +107,9 @@ def _run(argv: list[str]) -> None:
         )
 
 
-def resize_volume(path: str, size: int = 0, proc_root: str = "/proc") -> MountInfo:
+def resize_volume(
+    path: str, size: int = 0, proc_root: str = "/proc", *, runner: Runner | None = None
+) -> MountInfo:
     """Grow the filesystem of a mounted volume to fill its (already grown) device.
 
     ``size`` is the size the runtime gave the device; a device still smaller
@@ -123,9 +132,9 @@ def resize_volume(path: str, size: int = 0, proc_root: str = "/proc") -> MountIn
                 f"device {mount.source} is {dev_size} bytes, smaller than the requested {size}"
             )
     if mount.fstype in ("ext2", "ext3", "ext4"):
-        _run(["resize2fs", mount.source])
+        _run(["resize2fs", mount.source], runner)
     elif mount.fstype == "xfs":
-        _run(["xfs_growfs", mount.mount_point])
+        _run(["xfs_growfs", mount.mount_point], runner)
     else:
         raise FailedPrecondition(f"cannot resize a {mount.fstype} filesystem ({path})")
     return mount
