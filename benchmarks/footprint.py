@@ -5,7 +5,11 @@ machine: RSS and PSS (from /proc/PID/smaps_rollup) about 2 s after each server a
 first Health.Check, the time from exec to that first answer, and the agent's import time
 (from `-X importtime`, in a separate run since tracing slows imports).
 
-Usage: python3 benchmarks/footprint.py [--runs N] [--settle SECONDS]
+Then the agent around a pod's network set-up (in a private netns): idle PSS, PSS during
+the set-up (the agent, and the network worker that holds pyroute2), and PSS 10 s later,
+once the worker has exited.
+
+Usage: python3 benchmarks/footprint.py [--runs N] [--settle SECONDS] [--no-network]
 """
 
 from __future__ import annotations
@@ -143,10 +147,117 @@ def agent_imports() -> tuple[float, list[tuple[str, float]], list[tuple[str, flo
     return sum(t for _, t in top), heaviest, sorted(own, key=lambda x: -x[1])[:10]
 
 
+GUEST_NS = [
+    "unshare",
+    "--fork",
+    "--pid",
+    "--mount",
+    "--uts",
+    "--ipc",
+    "--mount-proc",
+    "--cgroup",
+    "--kill-child",
+]
+
+
+def compiled_image(dest: Path) -> Path:
+    """The agent's packages copied and byte-compiled, as a guest image ships them.
+
+    (This machine sets PYTHONDONTWRITEBYTECODE, so a checkout is compiled at every
+    import and the compiler's leftovers would show in the agent's heap.)
+    """
+    for package in ("agent", "ttrpc"):
+        shutil.copytree(ROOT / package, dest / package, ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(dest)], check=True, capture_output=True)
+    return dest
+
+
+def measure_network(settle: float, guest_like: bool, later: float = 10.0) -> dict[str, float]:
+    """Agent PSS idle, during a pod's network set-up (plus the worker's), and ``later`` s after.
+
+    ``guest_like``: the agent is PID 1 of fresh namespaces (init mode, reaper from the
+    start) and runs compiled bytecode; otherwise it runs like the rows above.
+    """
+    from netsetup import children, make_netns, plan, setup_through_agent
+
+    from ttrpc.client import Client
+
+    ns = make_netns(1)
+    d = Path(tempfile.mkdtemp(prefix="fp-net-"))
+    addr = f"unix://{d}/agent.sock"
+    env = lean_env()
+    env.update({"KATA_AGENT_SERVER_ADDR": addr, "KATA_AGENT_LOG_LEVEL": "warn"})
+    prefix = ["ip", "netns", "exec", ns]
+    if guest_like:
+        image = compiled_image(d / "image")
+        env["PYTHONPATH"] = os.pathsep.join([str(image), env["PYTHONPATH"]])
+        env["PYTHONSAFEPATH"] = "1"
+        prefix += GUEST_NS
+    proc = gopeer.Proc([*prefix, sys.executable, "-S", "-m", "agent"], "agent", env)
+    pid = proc.pid
+    try:
+        proc.wait_ready(addr, timeout=60)
+        if guest_like:
+            [pid] = children(proc.pid)
+        time.sleep(settle)
+        idle = smaps_rollup(pid)["Pss"]
+        with Client(addr) as client:
+            setup_through_agent(client, plan(1, 0))
+            [worker] = children(pid)
+            during, during_worker = smaps_rollup(pid)["Pss"], smaps_rollup(worker)["Pss"]
+        time.sleep(later)
+        after = smaps_rollup(pid)["Pss"]
+        worker_left = len(children(pid))
+    finally:
+        if guest_like and pid != proc.pid:
+            os.kill(pid, 15)
+        proc.stop()
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+        shutil.rmtree(d, ignore_errors=True)
+    return {"idle": idle, "during": during, "worker": during_worker, "after": after, "left": worker_left}
+
+
+def print_network(runs: int, settle: float) -> None:
+    rows = []
+    for name, guest_like in (("as above (-S, not PID 1)", False), ("guest-like (PID 1, compiled)", True)):
+        res = [measure_network(settle, guest_like) for _ in range(runs)]
+        m = {k: median([r[k] for r in res]) for k in res[0]}
+        rows.append(
+            [
+                name,
+                m["idle"] / 1024,
+                m["during"] / 1024,
+                m["worker"] / 1024,
+                m["after"] / 1024,
+                (m["after"] - m["idle"]) / 1024,
+                int(m["left"]),
+            ]
+        )
+    print()
+    print(f"kata-agent around a pod's network set-up, private netns (median of {runs} runs)")
+    print(
+        table(
+            [
+                "agent",
+                "idle PSS MB",
+                "during MB",
+                "+ worker MB",
+                "10 s later MB",
+                "later - idle MB",
+                "workers left",
+            ],
+            rows,
+        )
+    )
+    print("The first network call also loads the agent-side code (service, worker link, reaper):")
+    print("in the guest-like row the reaper is already there from boot, as in a real guest.")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=3, help="runs per server; medians are printed")
     ap.add_argument("--settle", type=float, default=2.0, help="seconds idle after the first Check")
+    ap.add_argument("--no-network", action="store_true", help="skip the network set-up figures")
     args = ap.parse_args()
 
     peer = gopeer.build_peer()
@@ -179,6 +290,8 @@ def main() -> None:
     print(f"agent imports before its first Check (-X importtime): {total:.1f} ms")
     print(table(["top-level import", "cumulative ms"], [[n, t] for n, t in top]))
     print(table(["module", "self ms"], [[n, t] for n, t in own]))
+    if not args.no_network:
+        print_network(args.runs, args.settle)
 
 
 if __name__ == "__main__":
