@@ -102,6 +102,10 @@ def completed(value: T) -> Future[T]:
     return fut
 
 
+def _cancelled_timer() -> None:
+    pass
+
+
 class TimerHandle:
     __slots__ = ("when", "callback", "args", "cancelled")
 
@@ -113,6 +117,9 @@ class TimerHandle:
 
     def cancel(self) -> None:
         self.cancelled = True
+        # The handle stays in the heap until its time: drop what the callback holds now.
+        self.callback = _cancelled_timer
+        self.args = ()
 
     def __lt__(self, other: TimerHandle) -> bool:
         return self.when < other.when
