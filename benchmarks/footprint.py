@@ -200,13 +200,13 @@ def measure_network(settle: float, guest_like: bool, later: float = 10.0) -> dic
         if guest_like:
             [pid] = children(proc.pid)
         time.sleep(settle)
-        idle = smaps_rollup(pid)["Pss"]
+        idle = smaps_rollup(pid)
         with Client(addr) as client:
             setup_through_agent(client, plan(1, 0))
             [worker] = children(pid)
             during, during_worker = smaps_rollup(pid)["Pss"], smaps_rollup(worker)["Pss"]
         time.sleep(later)
-        after = smaps_rollup(pid)["Pss"]
+        after = smaps_rollup(pid)
         worker_left = len(children(pid))
     finally:
         if guest_like and pid != proc.pid:
@@ -214,7 +214,14 @@ def measure_network(settle: float, guest_like: bool, later: float = 10.0) -> dic
         proc.stop()
         subprocess.run(["ip", "netns", "del", ns], check=False)
         shutil.rmtree(d, ignore_errors=True)
-    return {"idle": idle, "during": during, "worker": during_worker, "after": after, "left": worker_left}
+    return {
+        "idle": idle["Pss"],
+        "during": during,
+        "worker": during_worker,
+        "after": after["Pss"],
+        "anon_delta": after["Pss_Anon"] - idle["Pss_Anon"],
+        "left": worker_left,
+    }
 
 
 def print_network(runs: int, settle: float) -> None:
@@ -230,6 +237,7 @@ def print_network(runs: int, settle: float) -> None:
                 m["worker"] / 1024,
                 m["after"] / 1024,
                 (m["after"] - m["idle"]) / 1024,
+                m["anon_delta"] / 1024,
                 int(m["left"]),
             ]
         )
@@ -244,6 +252,7 @@ def print_network(runs: int, settle: float) -> None:
                 "+ worker MB",
                 "10 s later MB",
                 "later - idle MB",
+                "of it anon MB",
                 "workers left",
             ],
             rows,
@@ -251,6 +260,8 @@ def print_network(runs: int, settle: float) -> None:
     )
     print("The first network call also loads the agent-side code (service, worker link, reaper):")
     print("in the guest-like row the reaper is already there from boot, as in a real guest.")
+    print("PSS also moves with how many other processes share the interpreter's pages; the")
+    print("anonymous part (the agent's own heap) does not.")
 
 
 def main() -> None:

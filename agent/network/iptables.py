@@ -8,8 +8,6 @@ worker's JSON channel it travels as latin-1 text, a lossless byte<->str map.
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 
 from agent.errors import FailedPrecondition, Internal
 
@@ -26,6 +24,8 @@ def from_wire(text: str) -> bytes:
 
 
 def _tool(name: str) -> str:
+    import shutil  # here, not at the top: the agent imports this module for to_wire/from_wire only
+
     path = shutil.which(name, path=SEARCH_PATH)
     if path is None:
         raise FailedPrecondition(f"{name} not found in {SEARCH_PATH}")
@@ -33,6 +33,8 @@ def _tool(name: str) -> str:
 
 
 def _run(argv: list[str], stdin: bytes | None) -> bytes:
+    import subprocess
+
     try:
         proc = subprocess.run(
             argv,

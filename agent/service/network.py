@@ -24,7 +24,7 @@ import signal
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from google.protobuf import empty_pb2, json_format
+from google.protobuf import empty_pb2
 
 from agent import log
 from agent.errors import DeadlineExceeded, InvalidArgument, Unavailable
@@ -251,16 +251,56 @@ def _then(fut: Future[Any], fn: Callable[[Any], Any], ctx: CallContext | None = 
     return out
 
 
+# The worker speaks the JSON forms of the protobuf messages (proto field names, enums
+# by name, default values left out). These two walk the descriptors instead of using
+# protobuf's json_format, which with base64 would stay resident at ~0.3 MB for nothing:
+# the messages here are flat (strings, integers, enums, nested and repeated messages).
+
+
 def _to_dict(msg: Any) -> dict[str, Any]:
-    return json_format.MessageToDict(msg, preserving_proto_field_name=True)
+    """``MessageToDict(msg, preserving_proto_field_name=True)`` for these messages (ints stay ints)."""
+    out: dict[str, Any] = {}
+    for field, value in msg.ListFields():
+        repeated = field.is_repeated
+        if field.message_type is not None:
+            out[field.name] = [_to_dict(v) for v in value] if repeated else _to_dict(value)
+        elif field.enum_type is not None:
+            names = field.enum_type.values_by_number
+            out[field.name] = names[value].name if value in names else value
+        else:
+            out[field.name] = list(value) if repeated else value
+    return out
+
+
+def _fill(msg: Any, data: dict[str, Any]) -> Any:
+    """``ParseDict(data, msg, ignore_unknown_fields=True)`` for the worker's replies."""
+    fields = msg.DESCRIPTOR.fields_by_name
+    for key, value in data.items():
+        field = fields.get(key)
+        if field is None or value is None:
+            continue
+        repeated = field.is_repeated
+        if field.message_type is not None:
+            if repeated:
+                for item in value:
+                    _fill(getattr(msg, key).add(), item)
+            else:
+                _fill(getattr(msg, key), value)
+        elif field.enum_type is not None and isinstance(value, str):
+            setattr(msg, key, field.enum_type.values_by_name[value].number)
+        elif repeated:
+            getattr(msg, key).extend(value)
+        else:
+            setattr(msg, key, value)
+    return msg
 
 
 def _interface(value: dict[str, Any]) -> types_pb2.Interface:
-    return json_format.ParseDict(value, types_pb2.Interface(), ignore_unknown_fields=True)
+    return _fill(types_pb2.Interface(), value)
 
 
 def _routes(values: list[dict[str, Any]]) -> agent_pb2.Routes:
-    return json_format.ParseDict({"Routes": values}, agent_pb2.Routes(), ignore_unknown_fields=True)
+    return _fill(agent_pb2.Routes(), {"Routes": values})
 
 
 # -- handlers --------------------------------------------------------------------------
