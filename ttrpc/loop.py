@@ -24,6 +24,7 @@ T = TypeVar("T")
 Callback = Callable[..., Any]
 
 _PENDING, _DONE, _CANCELLED = 0, 1, 2
+_COMPACT_MIN = 512  # timers in the heap before cancelled ones are swept out
 
 
 class CancelledError(Exception):
@@ -187,6 +188,7 @@ class Loop:
         self._selector = selectors.DefaultSelector()
         self._ready: deque[tuple[Callback, tuple[Any, ...]]] = deque()
         self._timers: list[TimerHandle] = []
+        self._compact_at = _COMPACT_MIN
         self._running = False
         self._pool: _ThreadPool | None = None
         self._pool_size = pool_size
@@ -253,7 +255,14 @@ class Loop:
 
     def call_later(self, delay: float, callback: Callback, *args: Any) -> TimerHandle:
         handle = TimerHandle(time.monotonic() + max(0.0, delay), callback, args)
-        heapq.heappush(self._timers, handle)
+        timers = self._timers
+        if len(timers) >= self._compact_at:
+            # Cancelled timers stay in the heap until their time: sweep them out
+            # now and then, so long timeouts cancelled early cannot pile up.
+            timers[:] = [h for h in timers if not h.cancelled]
+            heapq.heapify(timers)
+            self._compact_at = max(_COMPACT_MIN, 2 * len(timers))
+        heapq.heappush(timers, handle)
         return handle
 
     def time(self) -> float:
