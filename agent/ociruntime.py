@@ -12,9 +12,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import shutil
 from collections.abc import Sequence
 from typing import Any
 
+from agent import log
 from agent.errors import Internal, NotFound
 from agent.process import CompletedRun, spawn
 from agent.reaper import Reaper
@@ -24,6 +26,7 @@ from ttrpc.loop import Loop
 
 #: Seconds a runtime call may take when the RPC gives no deadline.
 DEFAULT_TIMEOUT = 60.0
+_log = log.logger("runtime")
 _COMMANDS = frozenset(
     ("create", "start", "exec", "kill", "delete", "pause", "resume", "update", "state", "ps")
 )
@@ -44,7 +47,8 @@ class OCIRuntime:
     def __init__(self, loop: Loop, reaper: Reaper, binary: str, root: str) -> None:
         self.loop = loop
         self.reaper = reaper
-        self.cli = RuntimeCLI(binary=binary, root=root)
+        # An absolute path spares posix_spawnp its PATH walk on every call.
+        self.cli = RuntimeCLI(binary=shutil.which(binary) or binary, root=root)
 
     @property
     def flavor(self) -> str:
@@ -65,7 +69,15 @@ class OCIRuntime:
         **spawn_args: Any,
     ) -> Steps[CompletedRun]:
         """Run ``argv`` to its end; raise :class:`RuntimeFailed` with the runtime's message."""
+        started = self.loop.time()
         run = yield spawn(self.loop, self.reaper, argv, timeout=timeout or DEFAULT_TIMEOUT, **spawn_args)
+        _log.debug(
+            "runtime call",
+            command=_command(argv),
+            container_id=container_id,
+            exit=run.returncode,
+            ms=round((self.loop.time() - started) * 1e3, 2),
+        )
         if run.returncode != 0:
             raise self.failure(argv, container_id, run, log_path)
         return run
@@ -78,9 +90,13 @@ class OCIRuntime:
         if not log_text and '"level"' in stderr:
             log_text = stderr  # runc/crun with --log-format json but no --log: JSON on stderr
         message = _unquote(error_message(stderr, log_text))
-        command = next((a for a in argv[1:] if a in _COMMANDS), "call")
+        command = _command(argv)
         missing = is_missing_container(self.cli, container_id, message)
         return RuntimeFailed(f"{self.flavor} {command} {container_id}: {message}", missing)
+
+
+def _command(argv: Sequence[str]) -> str:
+    return next((a for a in argv[1:] if a in _COMMANDS), "call")
 
 
 def _unquote(message: str) -> str:
