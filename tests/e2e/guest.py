@@ -66,7 +66,9 @@ def v1_hierarchies() -> list[tuple[str, str]]:
 class GuestAgent:
     """One agent in its own "VM"; ``stop()`` (or the agent's own power-off) ends it."""
 
-    def __init__(self, workdir: Path, *args: str, runtime: str = "crun") -> None:
+    def __init__(
+        self, workdir: Path, *args: str, runtime: str = "crun", python_args: tuple[str, ...] = ("-m", "agent")
+    ) -> None:
         self.workdir = workdir
         self.runtime = runtime
         self.sock = workdir / "agent.sock"
@@ -85,8 +87,7 @@ class GuestAgent:
         )
         agent_argv = [
             sys.executable,
-            "-m",
-            "agent",
+            *python_args,
             "--server-addr",
             f"unix://{self.sock}",
             "--oci-runtime",
@@ -183,11 +184,12 @@ def process_state(pid: int) -> str:
         return "?"
 
 
-def pss_kb(pid: int) -> int:
+def pss_kb(pid: int, field: str = "Pss") -> int:
+    """``field`` (Pss, Pss_Anon, Rss...) of /proc/<pid>/smaps_rollup, in kB."""
     for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-        if line.startswith("Pss:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1])
-    raise AssertionError("no Pss in smaps_rollup")
+    raise AssertionError(f"no {field} in smaps_rollup")
 
 
 def footprint(guest: GuestAgent) -> dict[str, Any]:
@@ -205,4 +207,33 @@ def footprint(guest: GuestAgent) -> dict[str, Any]:
         "bundles": sorted(p.name for p in guest.guest_path("/run/kata-agent/bundles").iterdir()),
         "runtime_state": sorted(p.name for p in guest.guest_path("/run/kata-agent/oci").iterdir()),
         "pss_kb": pss_kb(pid),
+        "pss_anon_kb": pss_kb(pid, "Pss_Anon"),
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python3 -m tests.e2e.guest --workdir DIR``: start a guest agent, print its address, and
+    keep it until SIGTERM/SIGINT or until it powers itself off (examples/demo.sh uses this)."""
+    import argparse
+    import threading
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--workdir", required=True, type=Path)
+    parser.add_argument("--runtime", default="crun", choices=("crun", "runc"))
+    args, agent_args = parser.parse_known_args(argv)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    guest = GuestAgent(args.workdir, *agent_args, runtime=args.runtime)
+    try:
+        print(f"unix://{guest.sock}", flush=True)
+        while not stop.wait(0.2) and guest.proc.poll() is None:
+            pass
+    finally:
+        guest.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

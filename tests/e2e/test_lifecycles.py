@@ -5,6 +5,10 @@ start, WaitProcess, RemoveContainer. Afterwards the agent holds the same fds
 and mounts, no cgroup, zombie, bundle or runtime state is left, and its PSS
 grew by less than 1 MB. Measured after a warm-up (first-use imports, the
 thread pool, the runtime's intermediate cgroup are created once).
+
+PSS is asserted on its anonymous part (the agent's own heap): the file-backed
+part is libc and the interpreter shared with every other process on the
+machine, whose share of it moves by a megabyte as test processes come and go.
 """
 
 from __future__ import annotations
@@ -44,8 +48,11 @@ def test_lifecycles_leave_nothing(crun_guest: GuestAgent, share: Path) -> None:
         lifecycle(pod, f"life-{i}")
     elapsed = time.monotonic() - started
     after = footprint(crun_guest)
-    print(f"{LIFECYCLES} lifecycles in {elapsed:.1f}s; PSS {before['pss_kb']} -> {after['pss_kb']} kB")
+    print(
+        f"{LIFECYCLES} lifecycles in {elapsed:.1f}s; PSS {before['pss_kb']} -> {after['pss_kb']} kB,"
+        f" anonymous {before['pss_anon_kb']} -> {after['pss_anon_kb']} kB"
+    )
     for key in ("fds", "mounts", "cgroups", "children"):
         assert after[key] == before[key], (key, before, after)
     assert after["zombies"] == [] and after["bundles"] == [] and after["runtime_state"] == []
-    assert after["pss_kb"] - before["pss_kb"] < 1024, (before["pss_kb"], after["pss_kb"])
+    assert after["pss_anon_kb"] - before["pss_anon_kb"] < 1024, (before, after)
