@@ -206,7 +206,7 @@ class _Session:
         self.to_peer = _Pump(loop, master, sock.fileno(), self._check)
         self.to_shell.start()
         self.to_peer.start()
-        _log.info("debug console session started", pid=self.pid, shell=console.shell)
+        _log.info("debug console session started", shell_pid=self.pid, shell=console.shell)
 
     # -- the shell side -------------------------------------------------------
 
@@ -214,7 +214,7 @@ class _Session:
         if fut.cancelled() or fut.exception() is not None:
             return
         self.exit = fut.result()
-        _log.info("debug console shell exited", pid=self.pid, code=self.exit.code)
+        _log.info("debug console shell exited", shell_pid=self.pid, code=self.exit.code)
         if self.closed:  # the peer had gone: nothing left to do but forget the timers
             self._cancel_timers()
             self.console.lingering.discard(self)
@@ -367,12 +367,12 @@ class DebugConsole:
         self.serial_pid = spawn_on_tty(self.shell, path, [self.shell, "-i"], self.env)
         self.address = path
         self.reaper.watch(self.serial_pid, since=mark).add_done_callback(self._serial_exit)
-        _log.info("debug console on serial console", path=path, pid=self.serial_pid, shell=self.shell)
+        _log.info("debug console on serial console", path=path, shell_pid=self.serial_pid, shell=self.shell)
         return self.serial_pid
 
     def _serial_exit(self, fut: Future[ExitStatus]) -> None:
         if not fut.cancelled() and fut.exception() is None:
-            _log.info("debug console shell exited", pid=self.serial_pid, code=fut.result().code)
+            _log.info("debug console shell exited", shell_pid=self.serial_pid, code=fut.result().code)
         self.serial_pid = 0
 
     def close(self) -> None:
