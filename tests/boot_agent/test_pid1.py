@@ -29,7 +29,7 @@ def _wiring_missing() -> str | None:
     return None
 
 
-pytestmark = pytest.mark.skipif(_wiring_missing() is not None, reason=str(_wiring_missing()))
+needs_console = pytest.mark.skipif(_wiring_missing() is not None, reason=str(_wiring_missing()))
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -77,6 +77,7 @@ def shell(guest):  # type: ignore[no-untyped-def]
     sh.close()
 
 
+@needs_console
 def test_pid1_mounted_what_init_mounts(shell) -> None:  # type: ignore[no-untyped-def]
     assert shell.run("echo $$ $PPID").split()[1] == "1", "the console's shell is a child of PID 1"
     assert shell.run("tr '\\0' ' ' < /proc/1/cmdline").split()[1:3] == ["-m", "agent"]
@@ -105,6 +106,7 @@ def test_pid1_mounted_what_init_mounts(shell) -> None:  # type: ignore[no-untype
     assert shell.run("ls /sys/class/net").split() == ["lo"]
 
 
+@needs_console
 def test_pid1_reaps_an_orphaned_grandchild(guest, shell) -> None:  # type: ignore[no-untyped-def]
     out = shell.run("sh -c 'sleep 0.5 & echo orphan=$!'")
     orphan = int(re.search(r"orphan=(\d+)", out).group(1))
