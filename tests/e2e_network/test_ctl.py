@@ -32,7 +32,8 @@ def test_ctl_calls_every_rpc_of_the_issue(agent_factory: Callable[..., RunningAg
             "KATA_AGENT_SYSFS_ROOT": str(sysfs),
             "KATA_AGENT_SHARED_DIR": str(shared),
             "KATA_AGENT_HOTPLUG_TIMEOUT": "0.3",
-        }
+        },
+        prefix=["setpriv", "--bounding-set", "-sys_time", "--"],  # SetGuestDateTime can never move the clock
     )
     ip(agent.ns, "link", "add", "br0", "type", "bridge")
     mac = ip_json(agent.ns, "link", "show", "dev", "br0")[0]["address"]
