@@ -96,11 +96,16 @@ def get_guest_details(
             block_size, probe, sysfs_root=cfg.sysfs_root, proc_root=cfg.proc_root, version=AGENT_VERSION
         )
 
-    try:
-        d = details(req.mem_block_size, req.mem_hotplug_probe)
-    except Exception as exc:  # noqa: BLE001 - degrade, never fail
-        _log.warn("guest memory details unavailable", error=str(exc))
-        d = details(False, req.mem_hotplug_probe)
+    d = None
+    wanted = (req.mem_block_size, req.mem_hotplug_probe)
+    for block_size, probe in (wanted, (False, wanted[1]), (False, False)):
+        try:
+            d = details(block_size, probe)
+            break
+        except Exception as exc:  # noqa: BLE001 - degrade, never fail
+            _log.warn("guest memory details unavailable", error=f"{type(exc).__name__}: {exc}")
+    if d is None:
+        return agent_pb2.GuestDetailsResponse(agent_details=agent_pb2.AgentDetails(version=AGENT_VERSION))
     a = d.agent_details
     return agent_pb2.GuestDetailsResponse(
         mem_block_size_bytes=d.mem_block_size_bytes,

@@ -13,8 +13,8 @@ thread running the blocking ``NetworkWorker.call``:
 * many calls can be in flight on the one socketpair (the worker answers in
   order), each with its own loop timer.
 
-The wire format is the sans-IO codec of ``agent.network.protocol``: JSON forms
-of the protobuf messages (``MessageToDict`` with proto field names).
+The wire format is the sans-IO codec of ``agent.network.protocol``, carrying
+the JSON forms of the protobuf messages (proto field names, see ``_to_dict``).
 """
 
 from __future__ import annotations
@@ -107,12 +107,6 @@ class NetworkLink:
     def close(self) -> None:
         self._fail_all(Unavailable("the agent is shutting down"))
         self._detach()
-
-    @property
-    def running_pid(self) -> int | None:
-        """The pid of a worker that has not exited yet (tests, benchmarks)."""
-        pids = list(self._launchers)
-        return pids[-1] if pids else None
 
     # -- calls ---------------------------------------------------------------------
 
