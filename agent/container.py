@@ -291,6 +291,7 @@ class Container:
         try:
             yield sb.runtime.call(sb.runtime.cli.kill(self.id, sig, all_processes=True), self.id)
         except RuntimeFailed as exc:
+            sb.reaper.reap()  # the init may have died of our signal, its SIGCHLD not yet handled
             if self.init.alive:
                 raise
             _log.debug("kill --all after the init exited", container_id=self.id, error=exc.message)

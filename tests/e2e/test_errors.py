@@ -6,6 +6,7 @@ Also storages through the RPCs: refcounted container storages, UpdateEphemeralMo
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -90,6 +91,12 @@ def test_errors_and_storages(crun_guest: GuestAgent, share: Path) -> None:
     assert _error(pod.start, "nope").code == Code.NOT_FOUND
     pod.start("ok")
     assert "ESRCH: No such process" in _error(pod.signal, "ok", "no-such-exec", 15).message
+    # Concurrent waiters of an exec all get its status; then it is forgotten.
+    pod.exec("ok", "waited", ["sh", "-c", "sleep 0.5; exit 3"])
+    with ThreadPoolExecutor(3) as pool:
+        codes = list(pool.map(lambda _i: pod.wait("ok", "waited"), range(3)))
+    assert codes == [3, 3, 3]
+    assert _error(pod.wait, "ok", "waited").code == Code.NOT_FOUND
     pod.remove("ok", timeout=30)  # running: RemoveContainer kills it
     assert crun_guest.guest_path(volume.mount_point).is_dir()
     pod.remove("ok2")
