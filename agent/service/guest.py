@@ -144,6 +144,8 @@ def set_guest_date_time(
 ) -> empty_pb2.Empty:
     from agent.guest.clock import set_guest_datetime
 
+    if req.Sec <= 0:  # an unset request (all defaults) must not send the clock back to 1970
+        raise InvalidArgument(f"SetGuestDateTime: Sec must be a positive time since the epoch, got {req.Sec}")
     set_guest_datetime(req.Sec, req.Usec)  # one syscall: no need for the pool
     return _EMPTY
 
