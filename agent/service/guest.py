@@ -8,15 +8,25 @@ are imported inside the handlers: the idle agent loads none of them.
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from google.protobuf import empty_pb2
 
 from agent import log
-from agent.errors import Internal, InvalidArgument
+from agent.errors import (
+    AgentError,
+    AlreadyExists,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+)
 from agent.protocols import agent_pb2, csi_pb2
 from ttrpc.loop import Future
+from ttrpc.status import RPCError
 
 if TYPE_CHECKING:
     from agent.app import Agent
@@ -28,6 +38,36 @@ _EMPTY = empty_pb2.Empty()
 RESIZE_TIMEOUT = 600.0
 
 
+_ERRNO_ERRORS: dict[int, type[AgentError]] = {
+    errno.ENOENT: NotFound,
+    errno.ENOTDIR: NotFound,
+    errno.EACCES: PermissionDenied,
+    errno.EPERM: PermissionDenied,
+    errno.EROFS: PermissionDenied,
+    errno.EEXIST: AlreadyExists,
+    errno.EISDIR: InvalidArgument,
+    errno.EINVAL: InvalidArgument,
+    errno.ENAMETOOLONG: InvalidArgument,
+    errno.ELOOP: InvalidArgument,
+    errno.ENOSPC: ResourceExhausted,
+}
+
+
+def _status_error(exc: BaseException) -> BaseException:
+    """Give an error the domain left unclassified its status (an OS error by errno, a NUL
+    byte in a path as invalid), so the runtime never sees a bare UNKNOWN."""
+    if isinstance(exc, RPCError):
+        return exc
+    if isinstance(exc, OSError):
+        text = exc.strerror or str(exc)
+        if exc.filename:
+            text = f"{text}: {exc.filename}"
+        return _ERRNO_ERRORS.get(exc.errno or 0, Internal)(text)
+    if isinstance(exc, ValueError):
+        return InvalidArgument(str(exc))
+    return exc
+
+
 def _offload(agent: Agent, build: Callable[[Any], Any], fn: Callable[..., Any], *args: Any) -> Future[Any]:
     """Run ``fn(*args)`` on the pool; the reply is ``build(result)``."""
     out: Future[Any] = Future()
@@ -35,7 +75,7 @@ def _offload(agent: Agent, build: Callable[[Any], Any], fn: Callable[..., Any], 
     def done(f: Future[Any]) -> None:
         exc = f.exception()
         if exc is not None:
-            out.set_exception(exc)
+            out.set_exception(_status_error(exc))
             return
         try:
             out.set_result(build(f.result()))

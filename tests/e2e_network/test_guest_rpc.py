@@ -264,6 +264,10 @@ def test_swap(guest: GuestAgent, tmp_path: Path, swaps: None) -> None:
         guest.error("AddSwapPath", agent_pb2.AddSwapPathRequest(path=str(tmp_path / "nope"))).code
         == Code.NOT_FOUND
     )
+    err = guest.error(
+        "AddSwapPath", agent_pb2.AddSwapPathRequest(path=str(tmp_path))
+    )  # OS errors get a status
+    assert err.code == Code.INVALID_ARGUMENT and "Is a directory" in err.message
 
     assert guest.error("AddSwap", agent_pb2.AddSwapRequest()).code == Code.INVALID_ARGUMENT
     start = time.monotonic()
@@ -286,6 +290,10 @@ def test_volume_stats(guest: GuestAgent, tmp_path: Path) -> None:
     assert not stats.volume_condition.abnormal
     missing = agent_pb2.VolumeStatsRequest(volume_guest_path=str(tmp_path / "nope"))
     assert guest.error("GetVolumeStats", missing, csi_pb2.VolumeStatsResponse).code == Code.NOT_FOUND
+    nul = agent_pb2.VolumeStatsRequest(volume_guest_path="/tmp/a\0b")
+    assert guest.error("GetVolumeStats", nul, csi_pb2.VolumeStatsResponse).code == Code.INVALID_ARGUMENT
+    nul_resize = agent_pb2.ResizeVolumeRequest(volume_guest_path="/tmp/a\0b")
+    assert guest.error("ResizeVolume", nul_resize).code == Code.INVALID_ARGUMENT
 
 
 def test_resize_volume_of_a_loop_backed_xfs(guest: GuestAgent, tmp_path: Path) -> None:
