@@ -109,17 +109,6 @@ def trace(
     from ptrace.func_call import FunctionCallOptions
 
     options = FunctionCallOptions(write_types=False, write_argname=False, string_max_length=64)
-    dbg = PtraceDebugger()
-    if follow_forks:
-        dbg.traceFork()
-        dbg.traceExec()
-    try:
-        first = dbg.addProcess(pid, False)
-    except PtraceError as exc:
-        reason = os.strerror(exc.errno) if exc.errno else str(exc)
-        print(f"kata-agent trace: cannot attach to {pid}: {reason}", file=sys.stderr)
-        return 1
-
     state = {"stop": False, "waiting": False}
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -127,7 +116,20 @@ def trace(
         if state["waiting"]:  # only a blocking wait is interrupted; elsewhere the loop checks
             raise _Stop()
 
+    # Handlers first: a Ctrl-C from the moment we attach must end in a clean detach.
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGALRM)}
+    dbg = PtraceDebugger()
+    if follow_forks:
+        dbg.traceFork()
+        dbg.traceExec()
+    try:
+        first = dbg.addProcess(pid, False)
+    except PtraceError as exc:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        print(f"kata-agent trace: cannot attach to {pid}: {reason}", file=sys.stderr)
+        return 1
     if duration > 0:
         signal.setitimer(signal.ITIMER_REAL, duration)
     count = 0
@@ -137,7 +139,8 @@ def trace(
         out.flush()
 
     try:
-        first.syscall()
+        if not state["stop"]:
+            first.syscall()
         while dbg.list and not state["stop"]:
             state["waiting"] = True
             try:

@@ -106,4 +106,4 @@ def test_logging_never_blocks_when_nobody_reads(tmp_path) -> None:  # type: igno
     lines = _lines(data)
     numbers = [line["i"] for line in lines]
     assert numbers == sorted(numbers) and numbers[0] == 0, "the first lines were kept, in order"
-    assert 1000 < len(lines) < 40000, "some lines were kept, the rest dropped"
+    assert 100 < len(lines) < 40000, "some lines were kept, the rest dropped"

@@ -68,7 +68,10 @@ def test_ctrl_c_detaches_a_process_blocked_in_a_syscall() -> None:
     try:
         time.sleep(0.1)
         tracer = _tracer(str(target.pid))
-        time.sleep(1.0)
+        deadline = time.monotonic() + 30
+        while _status(target.pid)["TracerPid"] == "0" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _status(target.pid)["TracerPid"] == str(tracer.pid)
         tracer.send_signal(signal.SIGINT)
         _, err = tracer.communicate(timeout=30)
         assert tracer.returncode == 0, err
