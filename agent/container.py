@@ -60,6 +60,7 @@ ESRCH = "ESRCH: No such process"
 MAX_PROCESSES = 1024  # live or undrained processes per container
 MAX_READ = OUTPUT_LIMIT  # bytes per ReadStdout/ReadStderr answer
 CONSOLE_TIMEOUT = 10.0  # the runtime sends the pty before it exits; this is a safety net
+FREEZE_TIMEOUT = 10.0  # Pause/Resume: how long the freezer may take to settle
 EXIT_WAIT = 10.0  # after ``delete --force``, how long the init may take to be reaped
 VEOF = b"\x04"  # CloseStdin on a terminal: what a user's ^D would send
 _log = log.logger("container")
@@ -149,7 +150,7 @@ class Container:
 
     def process(self, exec_id: str, *, forgotten: bool = False) -> Process:
         """The process ``exec_id`` ('' = the init); ``forgotten`` also finds waited-for ones."""
-        proc = self.init if not exec_id else self.processes.get(exec_id)
+        proc = self.init if not exec_id or exec_id == self.id else self.processes.get(exec_id)
         if proc is None or (proc.forgotten and not forgotten):
             raise NotFound(f"process {exec_id} of container {self.id} not found: {ESRCH}")
         return proc
@@ -357,8 +358,14 @@ class Container:
 
     @task
     def pause(self) -> Steps[None]:
+        """``runtime pause``, then wait until every task is frozen (runtimes may return while
+        the freezer still says FREEZING; the caller expects a paused container)."""
         self._require(RUNNING)
         yield self.sandbox.runtime.call(self.sandbox.runtime.cli.pause(self.id), self.id)
+        if self.cgroup is not None:
+            from agent.cgroups import freeze
+
+            yield self.loop.run_in_thread(freeze, self.cgroup, FREEZE_TIMEOUT)
         if self.status == RUNNING:
             self.status = PAUSED
 
@@ -366,6 +373,10 @@ class Container:
     def resume(self) -> Steps[None]:
         self._require(PAUSED)
         yield self.sandbox.runtime.call(self.sandbox.runtime.cli.resume(self.id), self.id)
+        if self.cgroup is not None:
+            from agent.cgroups import thaw
+
+            yield self.loop.run_in_thread(thaw, self.cgroup, FREEZE_TIMEOUT)
         if self.status == PAUSED:
             self.status = RUNNING
 
@@ -395,6 +406,8 @@ class Container:
 
     def remove(self, timeout: float | None) -> Future[None]:
         """``delete --force``, then release everything; a second call joins the first."""
+        if self.status == CREATING:
+            raise FailedPrecondition(f"container {self.id} is still being created")
         if self.removing is None:
             self.removing = self._remove()
         return with_timeout(

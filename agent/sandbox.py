@@ -15,8 +15,10 @@ Where things live (a guest's /run is a fresh tmpfs):
 * ``/run/kata-agent/oci``: the OCI runtime's state (``--root``).
 
 Namespaces: every container gets the pod's UTS and IPC namespaces (pinned at
-CreateSandbox) and a PID namespace that is its own, or with ``sandbox_pidns``
-the one of the pod's first container (its "infra" container, as upstream).
+CreateSandbox) and a PID namespace that is its own, or with CreateContainer's
+``sandbox_pidns`` the one of the pod's first container (its "infra" container,
+as upstream does when it has no separate pause process; CreateSandbox's flag
+is recorded but no pause process is made).
 Its cgroup is always an absolute ``cgroupsPath`` (see agent/runtime/cli.py).
 """
 
@@ -155,6 +157,8 @@ class Sandbox:
             for name, params in modules:
                 yield self._run_tool(["modprobe", name, *params])
             hook_path = hook_path or self.config.guest_hook_path
+            if hook_path and not hook_path.startswith("/"):
+                raise InvalidArgument(f"guest_hook_path {hook_path!r} must be an absolute path")
             if hook_path:
                 self.hooks = yield self.loop.run_in_thread(find_hooks, hook_path)
             for spec in storages:
@@ -168,7 +172,11 @@ class Sandbox:
             if dns:
                 yield self.loop.run_in_thread(self._setup_dns, dns)
         except BaseException:
-            yield self.loop.run_in_thread(self._teardown)
+            try:
+                yield self.loop.run_in_thread(self._teardown, False)
+            except Exception as exc:  # noqa: BLE001 - the first failure is the one to report
+                _log.error("undoing a failed CreateSandbox", error=str(exc))
+            self._reset()
             raise
         _log.info("sandbox created", sandbox_id=sandbox_id, hostname=hostname)
 
@@ -211,37 +219,69 @@ class Sandbox:
             for proc in container.processes.values():
                 proc.close()
             self.containers.pop(container.id, None)
-        yield self.loop.run_in_thread(self._teardown)
-        _log.info("sandbox destroyed", sandbox_id=self.id)
+        try:
+            yield self.loop.run_in_thread(self._teardown, True)
+        finally:
+            _log.info("sandbox destroyed", sandbox_id=self.id)
+            self._reset()
+
+    def _reset(self) -> None:
         self.created = False
         self.id = self.hostname = ""
         self.hooks = {}
         self.share_pidns = False
         self.pidns = None
 
-    def _teardown(self) -> None:
-        """Blocking part of DestroySandbox (and of a failed CreateSandbox)."""
-        from agent import sharedns
-        from agent.storage import MNT_DETACH, umount
+    def _teardown(self, everything: bool) -> None:
+        """Unmount the pod's resolv.conf, unpin its namespaces, release storages (blocking).
+
+        ``everything``: every storage (DestroySandbox); else only the sandbox's own
+        (undoing a failed CreateSandbox). Every step runs even if one fails; the
+        first failure is raised at the end.
+        """
+        errors: list[Exception] = []
+
+        def attempt(fn: Callable[..., Any], *args: Any) -> None:
+            try:
+                fn(*args)
+            except Exception as exc:  # noqa: BLE001 - collected, the first is raised
+                _log.warn("sandbox teardown step failed", error=str(exc))
+                errors.append(exc)
 
         if self.dns_mounted:
-            try:
-                umount(GUEST_DNS_FILE, MNT_DETACH)
-            except OSError as exc:
-                _log.warn("cannot unmount the pod's resolv.conf", error=exc.strerror)
-            self.dns_mounted = False
-        if self.shared_ns:
-            sharedns.remove(list(self.shared_ns.values()))
-            for directory in (os.path.dirname(next(iter(self.shared_ns.values()))), self.base):
-                try:
-                    os.rmdir(directory)  # only if empty: we made them, others may use them
-                except OSError:
-                    pass
-            self.shared_ns = {}
-        if self._storages is not None:
-            self._storages.release_all()
+            attempt(self._undo_dns)
+        attempt(self._unpin)
+        if everything:
+            if self._storages is not None:
+                attempt(self._storages.release_all)
+        else:
+            for mount_point in reversed(self._sandbox_storages):
+                attempt(self.storages().release, mount_point)
         self._sandbox_storages = []
-        self.created = False
+        try:
+            os.rmdir(self.base)  # only if empty: others may use it
+        except OSError:
+            pass
+        if errors:
+            raise errors[0]
+
+    def _undo_dns(self) -> None:
+        from agent.storage import MNT_DETACH, umount
+
+        self.dns_mounted = False
+        umount(GUEST_DNS_FILE, MNT_DETACH)
+
+    def _unpin(self) -> None:
+        """Unpin the shared namespaces (containers already in them keep them alive)."""
+        from agent import sharedns
+
+        paths, self.shared_ns = list(self.shared_ns.values()), {}
+        if paths:
+            sharedns.remove(paths)
+            try:
+                os.rmdir(os.path.dirname(paths[0]))
+            except OSError:
+                pass
 
     def close(self) -> None:
         """Agent shutdown: drop our fds and pins; containers are left to the VM's end."""
@@ -249,14 +289,10 @@ class Sandbox:
         for container in self.containers.values():
             for proc in container.processes.values():
                 proc.close()
-        if self.shared_ns:
-            from agent import sharedns
-
-            try:
-                sharedns.remove(list(self.shared_ns.values()))
-            except OSError as exc:
-                _log.warn("cannot unpin the sandbox's namespaces", error=str(exc))
-            self.shared_ns = {}
+        try:
+            self._unpin()
+        except OSError as exc:
+            _log.warn("cannot unpin the sandbox's namespaces", error=str(exc))
 
     # -- containers -----------------------------------------------------------
 
@@ -277,7 +313,7 @@ class Sandbox:
         if len(self.containers) >= MAX_CONTAINERS:
             raise ResourceExhausted(f"the sandbox already has {MAX_CONTAINERS} containers")
         validate_spec(spec)
-        spec = self._container_spec(container_id, spec, share_pidns or self.share_pidns)
+        spec = self._container_spec(container_id, spec, share_pidns)
         container = Container(self, container_id, exec_id, os.path.join(self.bundle_root, container_id))
         self.containers[container_id] = container
         try:

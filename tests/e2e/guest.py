@@ -146,6 +146,17 @@ class GuestAgent:
         self._cleanup()
         return self.proc.returncode
 
+    def _thaw_all(self) -> None:
+        freezer = self.tree.parents.get("freezer")
+        if freezer is None:
+            return
+        for d, _dirs, files in os.walk(freezer):
+            if "freezer.state" in files:
+                try:
+                    Path(d, "freezer.state").write_text("THAWED")
+                except OSError:
+                    pass
+
     def _cleanup(self) -> None:
         client = getattr(self, "client", None)
         if client is not None:
@@ -155,6 +166,7 @@ class GuestAgent:
             proc.kill()
             proc.wait()
         self._log.close()
+        self._thaw_all()  # a frozen task cannot die, and its cgroups cannot go
         deadline = time.monotonic() + 10
         while True:
             try:
