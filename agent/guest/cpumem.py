@@ -83,17 +83,25 @@ def online_cpus(
     sleep: Callable[[float], None] = time.sleep,
 ) -> int:
     """Bring the number of online CPUs up to ``target``; returns the online count."""
-    cpu_dir = Path(sysfs_root, CPU_DIR)
     count = online_count(sysfs_root)
     if count >= target:
         return count  # some VMMs online hot-added CPUs themselves
     for _ in range(retries):
-        _online_some(_entries(cpu_dir, _CPU_RE), target - count)
-        count = online_count(sysfs_root)
+        count = online_cpus_step(target, sysfs_root)
         if count >= target:
             return count
         sleep(interval)
     raise FailedPrecondition(f"failed to online {target} CPU(s) after {retries} retries: {count} online")
+
+
+def online_cpus_step(target: int, sysfs_root: str = "/sys") -> int:
+    """One attempt of :func:`online_cpus`, for callers that wait between attempts on a
+    timer instead of sleeping in a thread; returns the online count."""
+    count = online_count(sysfs_root)
+    if count < target:
+        _online_some(_entries(Path(sysfs_root, CPU_DIR), _CPU_RE), target - count)
+        count = online_count(sysfs_root)
+    return count
 
 
 def online_memory(sysfs_root: str = "/sys") -> int:

@@ -18,6 +18,7 @@ from agent import log
 from agent.errors import (
     AgentError,
     AlreadyExists,
+    FailedPrecondition,
     Internal,
     InvalidArgument,
     NotFound,
@@ -108,10 +109,46 @@ def _empty(_: object = None) -> empty_pb2.Empty:
 
 
 def online_cpu_mem(agent: Agent, req: agent_pb2.OnlineCPUMemRequest, ctx: CallContext) -> Future[Any]:
-    from agent.guest.cpumem import online_cpu_mem as online
+    """``nb_cpus`` online in total (hot-added CPUs may appear late: bounded retries), then
+    the memory blocks unless ``cpu_only``. Between attempts the call waits on a loop timer,
+    not in a pool thread, so retrying calls never starve other offloaded work."""
+    from agent.guest import cpumem
 
-    # TODO(containers): refresh container cpusets once nb_cpus > 0 (needs the container registry).
-    return _offload(agent, _empty, online, req.nb_cpus, req.cpu_only, agent.config.sysfs_root)
+    sysfs, target, out = agent.config.sysfs_root, req.nb_cpus, Future()
+    tries = 0
+
+    def attempt() -> None:
+        _offload(agent, int, cpumem.online_cpus_step, target, sysfs).add_done_callback(checked)
+
+    def checked(f: Future[int]) -> None:
+        nonlocal tries
+        if f.exception() is not None:
+            out.set_exception(f.exception())  # type: ignore[arg-type]
+        elif f.result() >= target:
+            cpus_done()
+        elif ctx.cancelled:
+            out.cancel()
+        elif (tries := tries + 1) >= cpumem.MAX_RETRIES:
+            out.set_exception(
+                FailedPrecondition(
+                    f"failed to online {target} CPU(s) after {tries} retries: {f.result()} online"
+                )
+            )
+        else:
+            agent.loop.call_later(cpumem.RETRY_INTERVAL, attempt)
+
+    def cpus_done() -> None:
+        # TODO(containers): refresh container cpusets when nb_cpus > 0 (needs the container registry).
+        if req.cpu_only:
+            out.set_result(_EMPTY)
+        else:
+            _offload(agent, _empty, cpumem.online_memory, sysfs).add_done_callback(_settle(out))
+
+    if target > 0:
+        attempt()
+    else:
+        cpus_done()
+    return out
 
 
 def mem_hotplug_by_probe(

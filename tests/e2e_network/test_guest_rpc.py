@@ -94,6 +94,8 @@ def states(root: Path, kind: str) -> dict[str, str]:
 
 
 def test_online_cpu_mem_on_fake_sysfs(guest: GuestAgent) -> None:
+    for name in ("cpu/cpu1", "cpu/cpu2", "cpu/cpu3", "memory/memory1", "memory/memory2"):
+        (guest.sysfs / "devices/system" / name / "online").write_text("0\n")  # whatever ran before
     guest.call("OnlineCPUMem", agent_pb2.OnlineCPUMemRequest(nb_cpus=3, cpu_only=True))
     assert states(guest.sysfs, "cpu") == {"cpu1": "1", "cpu2": "1", "cpu3": "0"}  # 3 online in total
     assert states(guest.sysfs, "memory") == {"memory0": "1", "memory1": "0", "memory2": "0"}
@@ -340,3 +342,31 @@ def test_metrics(guest: GuestAgent) -> None:
     # The agent's own figures are the agent's, not the caller's.
     rss = [line for line in text.splitlines() if line.startswith("kata_agent_total_rss")]
     assert rss and float(rss[0].split()[-1]) > 1 << 20
+
+
+def test_cpu_retries_do_not_hold_pool_threads(guest: GuestAgent, tmp_path: Path) -> None:
+    """CPUs that never come (nb_cpus beyond the tree) are retried on loop timers: meanwhile
+    more such calls than the pool has threads leave other offloaded calls unaffected."""
+    import threading
+
+    errors: list[RPCError] = []
+
+    def impossible() -> None:
+        with pytest.raises(RPCError) as err:
+            guest.agent.call(
+                "OnlineCPUMem", agent_pb2.OnlineCPUMemRequest(nb_cpus=1000), empty_pb2.Empty, timeout=1.5
+            )
+        errors.append(err.value)
+
+    threads = [threading.Thread(target=impossible) for _ in range(6)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    start = time.monotonic()
+    req = agent_pb2.VolumeStatsRequest(volume_guest_path=str(tmp_path))
+    guest.call("GetVolumeStats", req, csi_pb2.VolumeStatsResponse)
+    assert time.monotonic() - start < 1.0
+    for t in threads:
+        t.join(30)
+    assert [e.code for e in errors] == [Code.DEADLINE_EXCEEDED] * 6
+    assert states(guest.sysfs, "cpu")["cpu3"] == "1"  # what could be onlined was
