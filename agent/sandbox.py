@@ -325,7 +325,7 @@ class Sandbox:
         except BaseException:
             yield from self._undo_create(container)
             raise
-        if self.pidns is None:
+        if self.pidns is None and container.init.alive:  # alive: its pid cannot have been reused
             self.pidns = (container, f"{self.config.proc_root}/{container.init.pid}/ns/pid")
         try:
             yield self.loop.run_in_thread(self._watch, container)
