@@ -1,6 +1,7 @@
 """Bad input and failures: the right status and a message naming the field; nothing left behind.
 
-Also storages through the RPCs: refcounted container storages, UpdateEphemeralMounts.
+Also storages through the RPCs: refcounted container storages, UpdateEphemeralMounts. With
+crun and runc.
 """
 
 from __future__ import annotations
@@ -26,8 +27,7 @@ def _error(fn, *args) -> RPCError:  # type: ignore[no-untyped-def]
     return err.value
 
 
-def test_errors_and_storages(crun_guest: GuestAgent, share: Path) -> None:
-    pod = Pod(crun_guest)
+def test_errors_and_storages(guest: GuestAgent, pod: Pod, share: Path) -> None:
     add_rootfs(share, "ok")
     ephemeral = agent_pb2.Storage(
         driver="ephemeral", source="tmpfs", fstype="tmpfs", options=["size=1m"], mount_point=EPHEMERAL
@@ -67,8 +67,8 @@ def test_errors_and_storages(crun_guest: GuestAgent, share: Path) -> None:
     # A runtime failure comes back with the runtime's own words, and leaves nothing behind.
     err = _error(create, "ok", container_spec("ok", ["/no/such/binary"]))
     assert "/no/such/binary" in err.message, err.message
-    assert list(crun_guest.guest_path("/run/kata-agent/bundles").iterdir()) == []
-    assert list(crun_guest.guest_path("/run/kata-agent/oci").iterdir()) == []
+    assert list(guest.guest_path("/run/kata-agent/bundles").iterdir()) == []
+    assert list(guest.guest_path("/run/kata-agent/oci").iterdir()) == []
 
     # Container storages are refcounted: two users of one local volume, gone after the last.
     volume = agent_pb2.Storage(
@@ -84,7 +84,7 @@ def test_errors_and_storages(crun_guest: GuestAgent, share: Path) -> None:
     add_rootfs(share, "ok2")
     for cid in ("ok", "ok2"):
         create(cid, container_spec(cid, ["sleep", "1000"], mounts=[volume_mount]), storages=[volume])
-    assert crun_guest.guest_path(volume.mount_point).is_dir()
+    assert guest.guest_path(volume.mount_point).is_dir()
     assert _error(create, "ok", spec).code == Code.ALREADY_EXISTS
     err = _error(pod.exec, "ok", "early", ["true"])
     assert err.code == Code.FAILED_PRECONDITION and "created" in err.message
@@ -98,16 +98,16 @@ def test_errors_and_storages(crun_guest: GuestAgent, share: Path) -> None:
     assert codes == [3, 3, 3]
     assert _error(pod.wait, "ok", "waited").code == Code.NOT_FOUND
     pod.remove("ok", timeout=30)  # running: RemoveContainer kills it
-    assert crun_guest.guest_path(volume.mount_point).is_dir()
+    assert guest.guest_path(volume.mount_point).is_dir()
     pod.remove("ok2")
-    assert not crun_guest.guest_path(volume.mount_point).exists()
+    assert not guest.guest_path(volume.mount_point).exists()
 
     # UpdateEphemeralMounts remounts a pod tmpfs with its new size.
-    st = os.statvfs(crun_guest.guest_path(EPHEMERAL))
+    st = os.statvfs(guest.guest_path(EPHEMERAL))
     assert st.f_blocks * st.f_frsize == 1 << 20
     ephemeral.options[:] = ["size=2m"]
     pod.call("UpdateEphemeralMounts", agent_pb2.UpdateEphemeralMountsRequest(storages=[ephemeral]))
-    st = os.statvfs(crun_guest.guest_path(EPHEMERAL))
+    st = os.statvfs(guest.guest_path(EPHEMERAL))
     assert st.f_blocks * st.f_frsize == 2 << 20
     missing = agent_pb2.Storage(
         driver="ephemeral", fstype="tmpfs", mount_point=f"{SHARED}/../nope", options=["size=1m"]
