@@ -145,6 +145,13 @@ def _parse_server_addr(raw: object) -> str:
     raise ValueError("expected vsock://CID:PORT or unix://PATH")
 
 
+def _parse_optional_addr(raw: object) -> str:
+    """An address as for server_addr, or "" for the option's vsock default."""
+    if raw == "":
+        return ""
+    return _parse_server_addr(raw)
+
+
 def _parse_runtime(raw: object) -> str:
     if raw not in ("crun", "runc"):
         raise ValueError("expected crun or runc")
@@ -240,6 +247,27 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("log_vport", 0, _parse_port, ("agent.log_vport",), "vsock port to serve logs on (0: stderr)"),
     Option(
+        "debug_console_addr",
+        "",
+        _parse_optional_addr,
+        ("agent.debug_console_addr",),
+        "debug console address instead of vsock debug_console_vport (e.g. unix:///run/console.sock)",
+    ),
+    Option(
+        "log_addr",
+        "",
+        _parse_optional_addr,
+        ("agent.log_addr",),
+        "address to serve logs on instead of vsock log_vport (e.g. unix:///run/log.sock)",
+    ),
+    Option(
+        "trace_addr",
+        "",
+        _parse_optional_addr,
+        ("agent.trace_addr",),
+        "trace collector to dial ('': vsock://2:10240, the host's trace forwarder)",
+    ),
+    Option(
         "container_pipe_size",
         0,
         _parse_pipe_size,
@@ -307,6 +335,9 @@ class AgentConfig:
     hotplug_timeout: float
     debug_console_vport: int
     log_vport: int
+    debug_console_addr: str
+    log_addr: str
+    trace_addr: str
     container_pipe_size: int
     tracing: bool
     cgroup_no_v1: str
@@ -328,6 +359,9 @@ class AgentConfig:
         "hotplug_timeout",
         "debug_console_vport",
         "log_vport",
+        "debug_console_addr",
+        "log_addr",
+        "trace_addr",
         "container_pipe_size",
         "tracing",
         "cgroup_no_v1",

@@ -248,18 +248,25 @@ def mount_cgroups(
 
 
 def link_ptmx(root: str = "/") -> bool:
-    """Make ``dev/ptmx`` a symlink to ``pts/ptmx`` (the private devpts instance)."""
+    """Make ``dev/ptmx`` open the private devpts instance (``dev/pts/ptmx``).
+
+    Without a node there, a symlink. Over an existing node, a bind mount: the
+    devtmpfs is one instance per kernel, shared with the host when the agent
+    runs in test namespaces, and replacing its node would change the host's
+    /dev/ptmx; a mount stays in this mount namespace.
+    """
     path = os.path.join(root, "dev/ptmx")
     try:
         if os.readlink(path) == "pts/ptmx":
             return False
-    except OSError:  # missing, or the device node devtmpfs created
+    except OSError:
         pass
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-    os.symlink("pts/ptmx", path)
+    if mounted_fstype(path) == "devpts":
+        return False
+    if not os.path.lexists(path):
+        os.symlink("pts/ptmx", path)
+        return True
+    mount(os.path.join(root, "dev/pts/ptmx"), path, "", MS_BIND)
     return True
 
 
