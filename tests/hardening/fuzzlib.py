@@ -44,9 +44,6 @@ EXCLUDED = {
 #: UNKNOWN answers already reported, each with an xfail(strict) test in test_findings.py:
 #: (method, text in the message).  The sweep still fails on any other UNKNOWN.
 KNOWN_UNKNOWN = (
-    ("AddSwapPath", "Is a directory"),  # test_add_swap_path_on_a_directory
-    ("ResizeVolume", "embedded null byte"),  # test_nul_in_volume_paths
-    ("GetVolumeStats", "embedded null byte"),  # test_nul_in_volume_paths
     ("UpdateEphemeralMounts", "Enum FSGroupChangePolicy has no name"),  # test_unknown_fs_group_policy
     ("CreateSandbox", "Enum FSGroupChangePolicy has no name"),  # test_unknown_fs_group_policy
 )

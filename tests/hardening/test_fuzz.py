@@ -60,7 +60,7 @@ def test_atheris_dispatch(guest: SandboxedAgent, tmp_path: Path) -> None:
         "--address",
         guest.address,
         "--budget",
-        "6",
+        "4",
         f"-artifact_prefix={tmp_path}/",
         f"-seed={SEED}",
         str(corpus),
@@ -78,7 +78,7 @@ def test_atheris_frame_decoder(tmp_path: Path) -> None:
     corpus.mkdir()
     out = _atheris(
         "tests.hardening.fuzz_frames",
-        "-max_total_time=4",
+        "-max_total_time=3",
         f"-seed={SEED}",
         f"-artifact_prefix={tmp_path}/",
         str(corpus),
