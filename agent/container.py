@@ -99,6 +99,11 @@ class Process:
             self.stdio.process_exited()
         self.exited.set_result(value)
 
+    def abandon(self, reason: str) -> None:
+        """The process will never run (its create or exec failed): waiters get NotFound."""
+        if not self.exited.done():
+            self.exited.set_exception(NotFound(reason))
+
     def kill(self, sig: int) -> None:
         """Signal the process. Until the reaper collects it, its pid cannot be reused."""
         if not self.alive:
@@ -141,6 +146,8 @@ class Container:
         self.init.exited.add_done_callback(self._on_init_exit)
 
     def _on_init_exit(self, fut: Future[ExitStatus]) -> None:
+        if fut.exception() is not None:  # abandoned: the container was never created
+            return
         if self.status not in (REMOVING,):
             self.status = STOPPED
         _log.info("container exited", container_id=self.id, code=fut.result().code)
@@ -258,8 +265,9 @@ class Container:
                 timeout,
             )
             proc.attach(sb.reaper, read_pid_file(pid_file), mark)
-        except BaseException:
+        except BaseException as exc:
             proc.close()
+            proc.abandon(f"process {exec_id} of container {self.id} was not started: {_reason(exc)}")
             if self.processes.get(exec_id) is proc:
                 del self.processes[exec_id]
             raise
@@ -488,6 +496,10 @@ def net_dev(path: str) -> list[dict[str, Any]]:
         values = [int(v) for v in fields[:4]] + [int(v) for v in fields[8:12]]
         out.append({"name": name.strip(), **dict(zip(_NET_FIELDS + _NET_TX_FIELDS, values, strict=True))})
     return out
+
+
+def _reason(exc: BaseException) -> str:
+    return getattr(exc, "message", None) or str(exc) or type(exc).__name__
 
 
 def _unlink(path: str) -> None:

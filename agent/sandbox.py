@@ -322,7 +322,10 @@ class Sandbox:
                 container.storages.append(storage.mount_point)
             container.spec = yield self.loop.run_in_thread(self._write_bundle, container, spec)
             yield container.create(timeout)
-        except BaseException:
+        except BaseException as exc:
+            reason = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+            for proc in container.processes.values():  # a WaitProcess may already be pending
+                proc.abandon(f"container {container_id} was not created: {reason}")
             yield from self._undo_create(container)
             raise
         if self.pidns is None and container.init.alive:  # alive: its pid cannot have been reused
