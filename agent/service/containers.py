@@ -49,6 +49,10 @@ def _cancellable(fut: Future[Any], ctx: CallContext) -> Future[Any]:
 
 def _storage(s: agent_pb2.Storage) -> StorageSpec:
     group = s.fs_group if s.HasField("fs_group") else None
+    if group is not None and group.group_change_policy not in types_pb2.FSGroupChangePolicy.values():
+        raise InvalidArgument(
+            f"storage {s.mount_point!r}: fs_group.group_change_policy {group.group_change_policy} is unknown"
+        )
     return StorageSpec(
         driver=s.driver,
         mount_point=s.mount_point,
