@@ -63,7 +63,12 @@ class Agent:
         import os
 
         if os.getpid() == 1:
-            self.reaper  # noqa: B018 - PID 1 reaps orphans from the start
+            # As the guest's init: reap orphans from the start, and listen for uevents
+            # before any device is plugged, so no hot-plug event is missed.
+            self.reaper  # noqa: B018
+            from agent import uevents
+
+            uevents.install(self)
 
     def run(self) -> None:
         self.server.serve_forever()

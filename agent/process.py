@@ -25,8 +25,7 @@ import os
 import signal
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from agent.errors import DeadlineExceeded, Internal, NotFound
 from agent.reaper import ExitStatus, Reaper
@@ -41,8 +40,7 @@ _READ_SIZE = 65536
 _DEFAULT_SIGNALS = tuple(s for s in range(1, 32) if s not in (signal.SIGKILL, signal.SIGSTOP))
 
 
-@dataclass(frozen=True, slots=True)
-class CompletedRun:
+class CompletedRun(NamedTuple):
     """A finished child: its exit and what it printed (each capped at ``capture_limit``)."""
 
     argv: tuple[str, ...]

@@ -25,7 +25,7 @@ import os
 import signal
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from agent.errors import NotFound
 from ttrpc.loop import Future, Loop, TimerHandle
@@ -39,8 +39,7 @@ UNCLAIMED_LIMIT = 1024
 SWEEP_INTERVAL = 5.0
 
 
-@dataclass(frozen=True, slots=True)
-class ExitStatus:
+class ExitStatus(NamedTuple):
     """How a process ended: ``code`` is the exit code, or 128+signal (the shell's convention)."""
 
     pid: int
