@@ -38,9 +38,11 @@ from agent.tasks import Steps, task
 
 if TYPE_CHECKING:
     from agent.config import AgentConfig
+    from agent.devices.hotplug import DeviceSpec
     from agent.ociruntime import OCIRuntime
     from agent.reaper import Reaper
     from agent.storage import StorageManager, StorageSpec
+    from agent.uevents import Uevents
     from ttrpc.loop import Loop
 
 CONTAINER_BASE = "/run/kata-containers"
@@ -65,10 +67,12 @@ class Sandbox:
         *,
         base: str = CONTAINER_BASE,
         run_dir: str = AGENT_RUN,
+        uevents: Callable[[], Uevents] | None = None,
     ) -> None:
         self.loop = loop
         self.config = config
         self._reaper = reaper
+        self._uevents = uevents
         self.base = base
         self.bundle_root = os.path.join(run_dir, "bundles")
         self.state_root = os.path.join(run_dir, "oci")
@@ -90,7 +94,9 @@ class Sandbox:
 
     @classmethod
     def for_agent(cls, agent: Any) -> Sandbox:
-        sandbox = cls(agent.loop, agent.config, lambda: agent.reaper)
+        from agent import uevents
+
+        sandbox = cls(agent.loop, agent.config, lambda: agent.reaper, uevents=lambda: uevents.install(agent))
         agent.on_close(sandbox.close)
         return sandbox
 
@@ -162,7 +168,7 @@ class Sandbox:
             if hook_path:
                 self.hooks = yield self.loop.run_in_thread(find_hooks, hook_path)
             for spec in storages:
-                yield self.loop.run_in_thread(self._acquire, spec)
+                yield from self._provide(spec)
                 self._sandbox_storages.append(spec.mount_point)
             from agent import sharedns
 
@@ -191,6 +197,27 @@ class Sandbox:
 
     def _acquire(self, spec: StorageSpec) -> None:
         self.storages().acquire(spec)
+
+    def _provide(self, spec: StorageSpec) -> Steps[None]:
+        """Set a storage up; a block device is first waited for (on the loop, bounded)."""
+        from agent.devices import hotplug
+
+        if spec.driver in hotplug.BLOCK_TYPES:
+            sysfs = self.config.sysfs_root
+            spec = yield hotplug.resolve_storage(self.uevents(), spec, sysfs_root=sysfs)
+            yield self.loop.run_in_thread(self._acquire_block, spec)
+        else:
+            yield self.loop.run_in_thread(self._acquire, spec)
+
+    def _acquire_block(self, spec: StorageSpec) -> None:
+        from agent.devices import blockstorage, hotplug  # noqa: F401 - registers the block drivers
+
+        hotplug.check_storage_node(spec, sysfs_root=self.config.sysfs_root)
+        self.storages().acquire(spec)
+
+    def uevents(self) -> Uevents | None:
+        """The agent's uevent component (None for a sandbox made without an agent)."""
+        return self._uevents() if self._uevents is not None else None
 
     def _setup_dns(self, dns: list[str]) -> None:
         """The pod's resolv.conf; as the guest's init, also bind it over /etc/resolv.conf."""
@@ -305,6 +332,7 @@ class Sandbox:
         storages: list[StorageSpec],
         share_pidns: bool,
         timeout: float | None,
+        devices: list[DeviceSpec] | None = None,
     ) -> Steps[None]:
         from agent.validation import validate_spec
 
@@ -318,8 +346,10 @@ class Sandbox:
         self.containers[container_id] = container
         try:
             for storage in storages:
-                yield self.loop.run_in_thread(self._acquire, storage)
+                yield from self._provide(storage)
                 container.storages.append(storage.mount_point)
+            if devices:
+                spec = yield from self._add_devices(spec, devices)
             container.spec = yield self.loop.run_in_thread(self._write_bundle, container, spec)
             yield container.create(timeout)
         except BaseException as exc:
@@ -335,6 +365,17 @@ class Sandbox:
         except Exception as exc:  # noqa: BLE001 - the container runs; only OOM reports are lost
             _log.warn("no OOM watch", container_id=container_id, error=str(exc))
         _log.info("container created", container_id=container_id, init_pid=container.init.pid)
+
+    def _add_devices(self, spec: dict[str, Any], devices: list[DeviceSpec]) -> Steps[dict[str, Any]]:
+        """Wait for each device, then map the spec's devices to the guest's numbers."""
+        from agent.devices import hotplug
+
+        sysfs = self.config.sysfs_root
+        nodes = []
+        for device in devices:
+            node = yield hotplug.resolve_device(self.uevents(), device, sysfs_root=sysfs)
+            nodes.append((device, node))
+        return (yield self.loop.run_in_thread(hotplug.apply_devices, spec, nodes, sysfs))
 
     def _container_spec(self, container_id: str, spec: dict[str, Any], share_pidns: bool) -> dict[str, Any]:
         """The spec as the runtime must see it in this guest (namespaces, cgroup, hooks)."""

@@ -66,6 +66,16 @@ def _storage(s: agent_pb2.Storage) -> StorageSpec:
     )
 
 
+def _device(d: agent_pb2.Device) -> Any:
+    from agent.devices.hotplug import DeviceSpec
+
+    device = DeviceSpec(
+        id=d.id, type=d.type, vm_path=d.vm_path, container_path=d.container_path, options=tuple(d.options)
+    )
+    device.check()
+    return device
+
+
 # -- sandbox ---------------------------------------------------------------------------
 
 
@@ -120,8 +130,7 @@ def create_container(agent: Any, req: agent_pb2.CreateContainerRequest, ctx: Cal
     exec_id = validate_id(req.exec_id, "exec_id") if req.exec_id else cid
     if not req.HasField("OCI"):
         raise InvalidArgument("OCI (the container's spec) is missing")
-    if req.devices:
-        raise Unimplemented(f"devices ({req.devices[0].type or '?'}): device hotplug is not supported yet")
+    devices = [_device(d) for d in req.devices]
     if req.shared_mounts:
         raise Unimplemented("shared_mounts are not supported yet")
     fut = _sandbox(agent).create_container(
@@ -131,6 +140,7 @@ def create_container(agent: Any, req: agent_pb2.CreateContainerRequest, ctx: Cal
         [_storage(s) for s in req.storages],
         req.sandbox_pidns,
         _timeout(ctx),
+        devices,
     )
     return _empty(fut)
 
