@@ -20,11 +20,13 @@ JSON line of figures and exits 0 before libFuzzer's own time limit.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import sys
 import threading
 import time
+from typing import Any
 
 import atheris
 
@@ -36,10 +38,15 @@ DEADLINE = 0.5  # seconds, sent as timeout_nano: blocking calls answer DEADLINE_
 GRACE = 10.0  # past its deadline, a missing reply is a hang (the loop is stuck)
 
 
+HISTORY = 2000  # requests kept for the report when something breaks
+
+
 class Harness:
-    def __init__(self, address: str, budget: float) -> None:
+    def __init__(self, address: str, budget: float, history: str | None = None) -> None:
         self.address = address
         self.budget = budget
+        self.history_path = history
+        self.history: collections.deque[tuple[str, bytes]] = collections.deque(maxlen=HISTORY)
         self.methods = fuzzlib.fuzzed_methods()
         self.client = fuzzlib.WireClient(address)
         self.tally = fuzzlib.Tally()
@@ -55,8 +62,13 @@ class Harness:
             payload = fuzzlib.random_message(method.request, src)
         else:
             method, payload = decoded
+        self.history.append((method.name, payload))
         self.client.send(method, payload, DEADLINE)
-        self.record(self.client.drain(GRACE, window=WINDOW))
+        try:
+            self.record(self.client.drain(GRACE, window=WINDOW))
+        except fuzzlib.Violation:
+            self.dump()
+            raise
         if time.monotonic() - self.started >= self.budget:
             self.finish()
 
@@ -67,6 +79,14 @@ class Harness:
             raise fuzzlib.Violation(
                 f"{method} answered UNKNOWN (an uncaught exception): {message}; payload {payload.hex()}"
             )
+
+    def dump(self) -> None:
+        """Write the last requests (a replayable sequence: ``--replay FILE``)."""
+        if self.history_path:
+            with open(self.history_path, "w") as f:
+                for name, payload in self.history:
+                    f.write(json.dumps({"method": name, "payload": payload.hex()}) + "\n")
+            print(f"the last {len(self.history)} requests: {self.history_path}", file=sys.stderr)
 
     def finish(self) -> None:
         self.record(self.client.drain(GRACE))
@@ -86,8 +106,13 @@ class Harness:
         os._exit(0)
 
 
-def serve_in_process(address: str) -> None:
-    """Start a real Agent on ``address`` in a thread of this process, its code instrumented."""
+def in_process_agent(address: str) -> Any:
+    """A real Agent listening on ``address`` in this process, its code instrumented.
+
+    Its loop runs in a thread (atheris wants the main one); the reaper, which
+    installs signal handlers (a main-thread duty), is created here first.  The
+    fuzzer talks to the agent over the socket like any client.
+    """
     import importlib
 
     from agent.config import load_config
@@ -103,9 +128,24 @@ def serve_in_process(address: str) -> None:
     atheris.instrument_all()
     config, _ = load_config(["--server-addr", address])
     agent = Agent(config)
+    agent.reaper  # noqa: B018 - signal handlers from the main thread
     agent.start()
-    threading.Thread(target=agent.run, name="agent", daemon=True).start()
-    fuzzlib.raw_check(address)
+    return agent
+
+
+def replay(address: str, path: str) -> int:
+    """Send a recorded sequence again, pipelined as the fuzzer did; report what it got."""
+    methods = {m.name: m for m in fuzzlib.agent_methods()}
+    tally = fuzzlib.Tally()
+    with open(path) as f:
+        entries = [json.loads(line) for line in f]
+    with fuzzlib.WireClient(address) as client:
+        for entry in entries:
+            client.send(methods[entry["method"]], bytes.fromhex(entry["payload"]), DEADLINE)
+            tally.add(client.drain(GRACE, window=WINDOW))
+        tally.add(client.drain(GRACE))
+    print(tally.summary())
+    return 1 if tally.unknown else 0
 
 
 def main(argv: list[str]) -> None:
@@ -113,13 +153,23 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--address", "--server-addr", dest="address", required=True)
     parser.add_argument("--budget", type=float, default=10.0)
     parser.add_argument("--in-process", action="store_true")
+    parser.add_argument("--history", help="where to write the last requests when something breaks")
+    parser.add_argument("--replay", help="send a --history file again instead of fuzzing")
     args, rest = parser.parse_known_args(argv[1:])
-    if args.in_process:
-        serve_in_process(args.address)
-    harness = Harness(args.address, args.budget)
+    agent = in_process_agent(args.address) if args.in_process else None
+    if args.replay:
+        sys.exit(replay(args.address, args.replay))
     limit = f"-max_total_time={int(args.budget) + 60}"
-    atheris.Setup([argv[0], limit, "-timeout=60", "-rss_limit_mb=4096", *rest], harness.one_input)
-    atheris.Fuzz()
+    libfuzzer_args = [argv[0], limit, "-timeout=60", "-rss_limit_mb=4096", *rest]
+
+    def fuzz() -> None:
+        harness = Harness(args.address, args.budget, args.history)
+        atheris.Setup(libfuzzer_args, harness.one_input)
+        atheris.Fuzz()
+
+    if agent is not None:
+        threading.Thread(target=agent.run, name="agent", daemon=True).start()
+    fuzz()
 
 
 if __name__ == "__main__":

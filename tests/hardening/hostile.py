@@ -141,9 +141,9 @@ def _base(agent: SandboxedAgent) -> tuple[int, int]:
 
 
 def _after(agent: SandboxedAgent, fds: int, pss: int, out: dict[str, Any]) -> dict[str, Any]:
-    fuzzlib.raw_check(agent.address)
     out["fds_before"] = fds
-    out["fds_after"] = settle_fds(agent, fds)
+    out["fds_after"] = settle_fds(agent, fds)  # first: at the connection limit a check is refused
+    fuzzlib.raw_check(agent.address)
     out["pss_before_mb"] = mb(pss)
     out["pss_after_mb"] = mb(agent.memory_kb()["Pss"])
     out["alive"] = agent.alive()

@@ -38,6 +38,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 NAMESPACES = ("--fork", "--kill-child=SIGKILL", "--pid", "--mount", "--net", "--uts", "--ipc", "--cgroup")
@@ -184,6 +185,53 @@ def _children(pid: int) -> list[int]:
     return [int(p) for p in text.split()]
 
 
+def sandbox_env(scratch: Path) -> dict[str, str]:
+    """The environment of a sandboxed agent: fake sysfs and cgroup roots in ``scratch``."""
+    fake_sysfs(scratch / "sys")
+    for sub in ("cgroup", "tmp"):
+        (scratch / sub).mkdir(exist_ok=True)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(
+        KATA_AGENT_SYSFS_ROOT=str(scratch / "sys"),
+        KATA_AGENT_CGROUP_ROOT=str(scratch / "cgroup"),
+        KATA_AGENT_SHARED_DIR="/run/kata-containers/shared/containers",
+        KATA_AGENT_HOTPLUG_TIMEOUT="2",
+        TMPDIR=str(scratch / "tmp"),
+    )
+    return env
+
+
+def sandbox_command(scratch: Path, argv: list[str]) -> list[str]:
+    return [
+        "unshare",
+        *NAMESPACES,
+        sys.executable,
+        "-m",
+        "tests.hardening.sandbox",
+        str(scratch),
+        "--",
+        *argv,
+    ]
+
+
+def run_in_sandbox(
+    scratch: Path, argv: list[str], timeout: float, **popen: Any
+) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` to its end in the sandbox (e.g. a fuzzer serving the agent in-process)."""
+    scratch = scratch.resolve()
+    return subprocess.run(
+        sandbox_command(scratch, argv),
+        env=sandbox_env(scratch),
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        timeout=timeout,
+        check=False,
+        **popen,
+    )
+
+
 class SandboxedAgent:
     """A real ``kata-agent`` process in the sandbox, seen from the host."""
 
@@ -207,22 +255,10 @@ class SandboxedAgent:
     def start(self, timeout: float = 30.0) -> SandboxedAgent:
         from tests.agent.harness import wait_ready
 
-        fake_sysfs(self.scratch / "sys")
-        for sub in ("cgroup", "tmp"):
-            (self.scratch / sub).mkdir(exist_ok=True)
-        env = dict(os.environ)
-        env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-        env.update(
-            KATA_AGENT_SYSFS_ROOT=str(self.scratch / "sys"),
-            KATA_AGENT_CGROUP_ROOT=str(self.scratch / "cgroup"),
-            KATA_AGENT_SHARED_DIR="/run/kata-containers/shared/containers",
-            KATA_AGENT_HOTPLUG_TIMEOUT="2",
-            TMPDIR=str(self.scratch / "tmp"),
-        )
+        env = sandbox_env(self.scratch)
         env.update(self.extra_env)
-        launcher = [sys.executable, "-m", "tests.hardening.sandbox", str(self.scratch), "--"]
         agent = [sys.executable, "-m", self.module, "--server-addr", self.address, *self.args]
-        cmd = ["unshare", *NAMESPACES, *launcher, *agent]
+        cmd = sandbox_command(self.scratch, agent)
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 cmd, env=env, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log

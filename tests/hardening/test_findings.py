@@ -1,8 +1,9 @@
-"""What the fuzzers and hostile clients found, one test each, marked xfail until fixed.
+"""What the fuzzers and hostile clients found, one test each, strict xfail until fixed.
 
-Three were fixed while this was written (agent/service/guest.py maps stray OS
-and value errors to statuses; OnlineCPUMem no longer sleeps in a pool
-thread); they stay as regression tests.
+Five were fixed while this was written (guest services map stray OS and value
+errors to statuses; OnlineCPUMem no longer sleeps in a pool thread; an unknown
+fs_group policy is INVALID_ARGUMENT; a failed create ends the waits on its
+init); they stay as regression tests.  The two ttRPC ones remain.
 
 Each test states the correct behaviour; ``strict=True`` makes the fix visible
 (the test then passes and the marker must go, with its KNOWN_UNKNOWN entry in
@@ -46,7 +47,6 @@ def test_nul_in_volume_paths(guest: SandboxedAgent) -> None:
     assert [r.code for r in replies] == [Code.INVALID_ARGUMENT] * 2, replies
 
 
-@pytest.mark.xfail(strict=True, reason="an unknown FSGroupChangePolicy value escapes as ValueError (UNKNOWN)")
 def test_unknown_fs_group_policy(guest: SandboxedAgent) -> None:
     storage = agent_pb2.Storage(
         driver="ephemeral",
@@ -67,9 +67,6 @@ def test_unknown_fs_group_policy(guest: SandboxedAgent) -> None:
     assert [r.code for r in replies] == [Code.INVALID_ARGUMENT] * 2, replies
 
 
-@pytest.mark.xfail(
-    strict=True, reason="a WaitProcess that arrives during a failing CreateContainer never returns"
-)
 def test_wait_process_during_a_failed_create(fresh_guest: SandboxedAgent) -> None:
     create = json_format.ParseDict(
         {"container_id": "c9", "exec_id": "c9", "OCI": seeds.SPEC}, agent_pb2.CreateContainerRequest()
@@ -82,7 +79,7 @@ def test_wait_process_during_a_failed_create(fresh_guest: SandboxedAgent) -> Non
         deadline=2.0,
     )
     wait = next(r for r in replies if r.method == "WaitProcess")
-    assert wait.code == Code.NOT_FOUND, wait  # today: DEADLINE_EXCEEDED, and without a deadline: never
+    assert wait.code == Code.NOT_FOUND, wait  # was DEADLINE_EXCEEDED, and without a deadline: never
 
 
 @pytest.mark.xfail(strict=True, reason="at the connection limit, idle half-frames lock every newcomer out")
