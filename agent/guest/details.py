@@ -10,16 +10,18 @@ from agent.errors import Internal
 
 BLOCK_SIZE_FILE = "devices/system/memory/block_size_bytes"
 PROBE_FILE = "devices/system/memory/probe"
+#: The storage drivers this agent registers (agent/storage.py, agent/devices/blockstorage.py):
+#: the runtime must not be told of one we cannot mount.
 DEFAULT_STORAGE_HANDLERS = (
     "blk",
-    "9p",
-    "virtio-fs",
-    "ephemeral",
     "mmioblk",
-    "local",
     "scsi",
     "nvdimm",
-    "watchable-bind",
+    "virtio-fs",
+    "bind",
+    "overlayfs",
+    "ephemeral",
+    "local",
 )
 
 

@@ -240,3 +240,12 @@ def test_resolve_mmio_and_errors(tmp_path: Path) -> None:
         _outcome(hotplug.resolve(None, "blk", "02/01", "s"))
     with pytest.raises(InvalidArgument, match="no device given"):
         _outcome(hotplug.resolve(ev, "blk", "", "s"))  # type: ignore[arg-type]
+
+
+def test_advertised_storage_handlers_are_registered() -> None:
+    """GetGuestDetails must advertise exactly the drivers CreateContainer can mount."""
+    import agent.devices.blockstorage  # noqa: F401 - registers the block drivers
+    from agent import storage
+    from agent.guest.details import DEFAULT_STORAGE_HANDLERS
+
+    assert set(DEFAULT_STORAGE_HANDLERS) == set(storage.DRIVERS)
