@@ -49,6 +49,10 @@ class Agent:
             obj = self._components[name] = factory(self)
             return obj
 
+    def find_component(self, name: str) -> Any | None:
+        """The ``name`` component if something already created it (never creates one)."""
+        return self._components.get(name)
+
     def on_close(self, fn: Callable[[], Any]) -> None:
         """Run ``fn`` when the agent shuts down (components release fds, workers, mounts)."""
         self._closers.append(fn)

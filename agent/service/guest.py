@@ -138,7 +138,15 @@ def online_cpu_mem(agent: Agent, req: agent_pb2.OnlineCPUMemRequest, ctx: CallCo
             agent.loop.call_later(cpumem.RETRY_INTERVAL, attempt)
 
     def cpus_done() -> None:
-        # TODO(containers): refresh container cpusets when nb_cpus > 0 (needs the container registry).
+        if target > 0:
+            _offload(agent, _empty, _refresh_container_cpusets, agent).add_done_callback(memory_next)
+        else:
+            memory_next(None)
+
+    def memory_next(f: Future[Any] | None) -> None:
+        if f is not None and f.exception() is not None:
+            out.set_exception(f.exception())  # type: ignore[arg-type]
+            return
         if req.cpu_only:
             out.set_result(_EMPTY)
         else:
@@ -149,6 +157,23 @@ def online_cpu_mem(agent: Agent, req: agent_pb2.OnlineCPUMemRequest, ctx: CallCo
     else:
         cpus_done()
     return out
+
+
+def _refresh_container_cpusets(agent: Agent) -> None:
+    """Containers that did not pin CPUs get the newly onlined ones too (upstream does the same)."""
+    sandbox = agent.find_component("sandbox")
+    if sandbox is None:
+        return
+    from agent.cgroups.cpuset import refresh_cpuset, root_cpus
+
+    for container in list(sandbox.containers.values()):
+        cgroup = container.cgroup
+        pinned = ((container.spec.get("linux") or {}).get("resources") or {}).get("cpu", {}).get("cpus")
+        if cgroup is None or pinned:
+            continue
+        cpus = root_cpus(cgroup)
+        if cpus:
+            refresh_cpuset(cgroup, cpus)
 
 
 def mem_hotplug_by_probe(
