@@ -17,8 +17,9 @@ from tests.hardening.sandbox import SandboxedAgent
 
 #: PSS an attack may add while it runs (other than clients that never read)
 DURING_MB = 8.0
-#: PSS an agent may keep after an attack ended (allocator caches, lazily imported handlers)
-AFTER_MB = 6.0
+#: PSS an agent may keep after an attack ended: malloc arenas of the pool threads that built
+#: replies keep their pages (once: repeating an attack adds nothing, see test_client_that_never_reads)
+AFTER_MB = 8.0
 #: PSS one client that never reads its replies may pin: the 8 MiB write limit, grown by copying, one reply
 NON_READER_MB = 24.0
 
@@ -73,6 +74,9 @@ def test_disconnect_in_the_middle_of_blocking_calls(guest: SandboxedAgent) -> No
 
 
 def test_client_that_never_reads(guest: SandboxedAgent) -> None:
-    figures = hostile.non_readers(guest, clients=1)
-    served_and_freed(figures)
-    assert figures["pss_per_client_mb"] < NON_READER_MB, figures
+    first = hostile.non_readers(guest, clients=1)
+    served_and_freed(first)
+    assert first["pss_per_client_mb"] < NON_READER_MB, first
+    again = hostile.non_readers(guest, clients=1)  # what the first kept is reused, not added to
+    served_and_freed(again)
+    assert again["pss_after_mb"] - first["pss_after_mb"] < 2.0, (first, again)
