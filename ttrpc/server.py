@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 from google.protobuf.message import DecodeError, Message
 
 from ttrpc import address as addresses
-from ttrpc.connection import DataReceived, RequestReceived, ServerConnection, StreamRejected
+from ttrpc.connection import DataReceived, Event, RequestReceived, ServerConnection, StreamRejected
 from ttrpc.loop import CancelledError, Future, Loop, TimerHandle
 from ttrpc.status import Code, RPCError
 
@@ -28,6 +28,10 @@ READ_SIZE = 256 * 1024
 #: Unsent reply bytes above which we stop reading a connection's requests.
 DEFAULT_WRITE_LIMIT = 8 * 1024 * 1024
 DEFAULT_MAX_CONNECTIONS = 256
+#: Unsent reply bytes across all connections above which clients with a backlog are paused.
+DEFAULT_TOTAL_WRITE_LIMIT = 8 * 1024 * 1024
+#: A paused connection resumes reading once its own backlog is below this.
+RESUME_BELOW = 64 * 1024
 #: Messages a streaming handler has not consumed yet, per stream.
 STREAM_QUEUE_LIMIT = 256
 
@@ -175,7 +179,19 @@ class CallContext:
 
 
 class _Connection:
-    __slots__ = ("server", "sock", "fd", "proto", "calls", "_outbuf", "_reading", "closed")
+    __slots__ = (
+        "server",
+        "sock",
+        "fd",
+        "proto",
+        "calls",
+        "_outbuf",
+        "_reading",
+        "closed",
+        "last_active",
+        "answered",
+        "_stash",
+    )
 
     def __init__(self, server: Server, sock: socket.socket) -> None:
         self.server = server
@@ -186,6 +202,12 @@ class _Connection:
         self._outbuf = bytearray()
         self._reading = True
         self.closed = False
+        #: When the client last sent bytes, and whether it ever completed a request:
+        #: what decides which connection gives way at the connection limit.
+        self.last_active = server.loop.time()
+        self.answered = False
+        #: Events read but not yet handled because the connection was paused mid-batch.
+        self._stash: list[Event] = []
         server.loop.add_reader(self.fd, self.on_readable)
 
     # -- input ----------------------------------------------------------------
@@ -203,11 +225,22 @@ class _Connection:
         if not data:
             self.close()
             return
+        self.last_active = self.server.loop.time()
         events = self.proto.receive_data(data)
         auto = self.proto.data_to_send()
         if auto:
             self.write(auto)
-        for event in events:
+        self._handle(events)
+
+    def _handle(self, events: list[Event]) -> None:
+        """Dispatch events in order; if replies back up mid-batch, keep the rest for later.
+
+        One read can carry thousands of small requests: pausing only the next read
+        would still let a client that never reads its replies pile them up."""
+        for index, event in enumerate(events):
+            if not self._reading:
+                self._stash = events[index:]
+                return
             if isinstance(event, RequestReceived):
                 self.server._dispatch(self, event)
             elif isinstance(event, DataReceived):
@@ -239,10 +272,16 @@ class _Connection:
             data = data[sent:]
             self.server.loop.add_writer(self.fd, self._on_writable)
         self._outbuf += data
-        if self._reading and len(self._outbuf) > self.server.write_limit:
+        server = self.server
+        server.outbuf_total += len(data)
+        if self._reading and (
+            len(self._outbuf) > server.write_limit
+            or (server.outbuf_total > server.total_write_limit and len(self._outbuf) > RESUME_BELOW)
+        ):
             # The client is not reading its replies: stop taking requests from it.
             self._reading = False
-            self.server.loop.remove_reader(self.fd)
+            server.loop.remove_reader(self.fd)
+            server._paused.add(self)
 
     def _on_writable(self) -> None:
         if self.closed:
@@ -255,10 +294,24 @@ class _Connection:
             self.close()
             return
         del self._outbuf[:sent]
+        self.server.outbuf_total -= sent
         if not self._outbuf:
             self.server.loop.remove_writer(self.fd)
-        if not self._reading and len(self._outbuf) <= self.server.write_limit // 2:
-            self._reading = True
+        self.server._resume_paused()
+
+    def can_resume(self) -> bool:
+        """Read again once our backlog is drained and the server-wide budget allows it."""
+        own = len(self._outbuf)
+        return own == 0 or (
+            own <= self.server.write_limit // 2 and self.server.outbuf_total <= self.server.total_write_limit
+        )
+
+    def resume(self) -> None:
+        self._reading = True
+        stash, self._stash = self._stash, []
+        if stash:
+            self._handle(stash)
+        if self._reading and not self.closed:
             self.server.loop.add_reader(self.fd, self.on_readable)
 
     def respond(self, ctx: CallContext, payload: bytes = b"", code: int = 0, message: str = "") -> None:
@@ -266,6 +319,7 @@ class _Connection:
             return  # already answered (deadline) or reset
         if ctx._timer is not None:
             ctx._timer.cancel()
+        self.answered = True
         self.write(self.proto.send_response(ctx.stream_id, payload, code, message))
 
     def fail(self, ctx: CallContext, code: Code, message: str) -> None:
@@ -280,6 +334,8 @@ class _Connection:
         loop.remove_reader(self.fd)
         loop.remove_writer(self.fd)
         self.server._connections.discard(self)
+        self.server._paused.discard(self)
+        self.server.outbuf_total -= len(self._outbuf)
         calls, self.calls = self.calls, {}
         for ctx in calls.values():
             ctx._cancel()
@@ -288,6 +344,7 @@ class _Connection:
             self.sock.close()
         except OSError:
             pass
+        self.server._resume_paused()
 
 
 class Server:
@@ -299,11 +356,16 @@ class Server:
         *,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         write_limit: int = DEFAULT_WRITE_LIMIT,
+        total_write_limit: int = DEFAULT_TOTAL_WRITE_LIMIT,
         on_error: Callable[[str, BaseException], None] | None = None,
     ) -> None:
         self.loop = loop or Loop()
         self.max_connections = max_connections
         self.write_limit = write_limit
+        self.total_write_limit = total_write_limit
+        #: Unsent reply bytes across every connection, and the connections paused for it.
+        self.outbuf_total = 0
+        self._paused: set[_Connection] = set()
         self._services: dict[str, Mapping[str, Method]] = {}
         self.interceptors: list[Interceptor] = []
         self._listeners: list[tuple[socket.socket, addresses.Address]] = []
@@ -335,11 +397,35 @@ class Server:
                     self._on_error("accept failed", exc)
                     return
                 continue
-            if len(self._connections) >= self.max_connections:
+            if len(self._connections) >= self.max_connections and not self._evict_one():
                 sock.close()
                 continue
             sock.setblocking(False)
             self._connections.add(_Connection(self, sock))
+
+    def _evict_one(self) -> bool:
+        """Make room for a newcomer at the connection limit; False if every connection is busy.
+
+        Idle connections that never completed a request (half-frames, probes) go first,
+        oldest activity first; a client with calls in flight is never dropped.  Idle
+        half-open connections therefore cannot lock the runtime out.
+        """
+        idle = [c for c in self._connections if not c.calls]
+        if not idle:
+            return False
+        victim = min(idle, key=lambda c: (c.answered, c.last_active))
+        victim.close()
+        return True
+
+    def _resume_paused(self) -> None:
+        if not self._paused:
+            return
+        for conn in list(self._paused):
+            if conn.closed:
+                self._paused.discard(conn)
+            elif conn.can_resume():
+                self._paused.discard(conn)
+                conn.resume()
 
     # -- dispatch -------------------------------------------------------------
 
