@@ -304,3 +304,24 @@ def test_interceptors_see_refuse_and_replace(sock_path) -> None:  # type: ignore
             with pytest.raises(RPCError):
                 call(c, "Fail", "5:gone")
     assert seen == [("Echo", 0), ("Echo", 0), ("Fail", 5)]
+
+
+def test_connection_limit_evicts_idle_half_open_connections_first(sock_path) -> None:  # type: ignore[no-untyped-def]
+    with serving(f"unix://{sock_path}", max_connections=4) as p:
+        runtime = Client(p.address)  # the real client: it has completed calls
+        assert call(runtime, "Echo", "first") == "first"
+        squatters = []
+        for _ in range(6):  # more half-frame connections than the limit allows
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(sock_path)
+            s.sendall(b"\0\0\0")
+            squatters.append(s)
+            time.sleep(0.05)
+        with Client(p.address) as newcomer:
+            assert call(newcomer, "Echo", "let in") == "let in"
+        # the connection that had answered calls was not the one sacrificed
+        assert call(runtime, "Echo", "still here") == "still here"
+        assert p.on_loop(lambda: p.server.connection_count) <= 4
+        runtime.close()
+        for s in squatters:
+            s.close()
