@@ -40,8 +40,10 @@ from __future__ import annotations
 import base64
 import json
 import math
+import os
 import re
 import stat
+import sys
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from agent import log
@@ -94,11 +96,30 @@ def rule_names() -> list[str]:
 
 
 def _engine() -> Any:
+    if "regopy" not in sys.modules:
+        _share_libstdcxx()
     try:
         import regopy
     except ImportError as exc:
         raise PolicyError(f"agent policy needs the regopy package: {exc}") from None
     return regopy
+
+
+def _share_libstdcxx() -> None:
+    """Put an already loaded libstdc++ in the global symbol scope before rego-cpp loads.
+
+    librego_shared.so defines its own ``operator new``/``delete``.  protobuf's upb
+    extension has loaded libstdc++ privately by then, so libstdc++'s own code keeps the
+    C library's allocator while rego-cpp's uses its own; memory crossing the two leaks
+    (measured: ~1 KB per query, 5 MB per 5 000 calls).  With libstdc++ global, rego-cpp
+    binds to the same allocator.  If libstdc++ is not loaded yet there is nothing to do.
+    """
+    import ctypes
+
+    try:
+        ctypes.CDLL("libstdc++.so.6", mode=os.RTLD_GLOBAL | os.RTLD_NOLOAD)
+    except OSError:
+        pass
 
 
 # --- the request as upstream's serde JSON ---------------------------------------------

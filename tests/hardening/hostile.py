@@ -178,7 +178,9 @@ def connection_limit(agent: SandboxedAgent, idle: int = MAX_CONNECTIONS) -> dict
     socks = [open_unix(agent) for _ in range(idle)]
     for sock in socks:
         sock.sendall(b"\0\0\0")
-    time.sleep(0.3)
+    deadline = time.monotonic() + 15
+    while agent.fd_count() < fds + idle and time.monotonic() < deadline:
+        time.sleep(0.05)  # until the agent has accepted them all
     try:
         fuzzlib.raw_check(agent.address, timeout=5)
         served = True

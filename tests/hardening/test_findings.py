@@ -1,9 +1,10 @@
-"""What the fuzzers and hostile clients found, one test each, strict xfail until fixed.
+"""What the fuzzers and hostile clients found, one test each (all fixed now: regression tests).
 
-Five were fixed while this was written (guest services map stray OS and value
-errors to statuses; OnlineCPUMem no longer sleeps in a pool thread; an unknown
-fs_group policy is INVALID_ARGUMENT; a failed create ends the waits on its
-init); they stay as regression tests.  The two ttRPC ones remain.
+Each was an xfail(strict) test until its fix landed: guest services map stray
+OS and value errors to statuses; OnlineCPUMem no longer sleeps in a pool
+thread; an unknown fs_group policy is INVALID_ARGUMENT; a failed create ends
+the waits on its init; the ttRPC server evicts an idle connection at its limit
+and caps unsent replies across connections.
 
 Each test states the correct behaviour; ``strict=True`` makes the fix visible
 (the test then passes and the marker must go, with its KNOWN_UNKNOWN entry in
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import time
 
-import pytest
 from google.protobuf import json_format
 
 from agent.protocols import agent_pb2
@@ -82,14 +82,12 @@ def test_wait_process_during_a_failed_create(fresh_guest: SandboxedAgent) -> Non
     assert wait.code == Code.NOT_FOUND, wait  # was DEADLINE_EXCEEDED, and without a deadline: never
 
 
-@pytest.mark.xfail(strict=True, reason="at the connection limit, idle half-frames lock every newcomer out")
 def test_connection_limit_does_not_lock_out_newcomers(fresh_guest: SandboxedAgent) -> None:
     figures = hostile.connection_limit(fresh_guest)
     assert figures["alive"]
     assert figures["newcomer_served"], figures
 
 
-@pytest.mark.xfail(strict=True, reason="unsent replies are bounded per connection (8 MiB), not in total")
 def test_clients_that_never_read_pin_bounded_memory(fresh_guest: SandboxedAgent) -> None:
     hostile.warm_up(fresh_guest)
     figures = hostile.non_readers(fresh_guest, clients=4)

@@ -304,6 +304,26 @@ def test_policy_engine_is_loaded_only_with_a_policy(tmp_path: Path) -> None:
         assert "librego" in Path(f"/proc/{agent.pid}/maps").read_text()
 
 
+def test_evaluation_does_not_leak() -> None:
+    """rego-cpp's allocator and libstdc++'s must not mix (agent.policy._share_libstdcxx):
+    with protobuf loaded first, as in the agent, each query used to leak ~1 KB."""
+    code = (
+        "from agent.protocols import agent_pb2\n"
+        "from agent.policy import Policy, request_input\n"
+        "def pss():\n"
+        "    return next(int(l.split()[1]) for l in open('/proc/self/smaps_rollup') if l.startswith('Pss:'))\n"
+        "p = Policy('package agent_policy\\ndefault GuestDetailsRequest := true\\n')\n"
+        "req = request_input(agent_pb2.GuestDetailsRequest(mem_block_size=True))\n"
+        "for _ in range(500): p.decide('GuestDetailsRequest', req)\n"
+        "base = pss()\n"
+        "for _ in range(5000): p.decide('GuestDetailsRequest', req)\n"
+        "print(pss() - base)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout.split()[-1]) < 1024, f"{out.stdout} kB for 5 000 decisions"
+
+
 def test_set_policy_fuzz(tmp_path: Path) -> None:
     """Mutated policy documents: any answer but UNKNOWN, and the agent keeps serving."""
     src = fuzzlib.RandomSource(3)
