@@ -63,6 +63,11 @@ class Agent:
         return self.component("reaper", _make_reaper)
 
     def start(self) -> None:
+        if self.config.policy_file:
+            # Before listening: no call may slip in ahead of the policy.
+            from agent.policy import install_file
+
+            install_file(self, self.config.policy_file)
         self.server.listen(self.config.server_addr)
         import os
 

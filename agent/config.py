@@ -313,6 +313,13 @@ OPTIONS: tuple[Option, ...] = (
         ("agent.guest_hook_path",),
         "directory of guest OCI hooks ('' : none)",
     ),
+    Option(
+        "policy_file",
+        "",
+        _parse_optional_path,
+        ("agent.policy_file",),
+        "Rego policy checked before every AgentService call ('': none)",
+    ),
 )
 
 _BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
@@ -348,6 +355,7 @@ class AgentConfig:
     proc_root: str
     cgroup_root: str
     guest_hook_path: str
+    policy_file: str
     config_file: str
     sources: dict[str, str]
 
@@ -372,6 +380,7 @@ class AgentConfig:
         "proc_root",
         "cgroup_root",
         "guest_hook_path",
+        "policy_file",
         "config_file",
         "sources",
     )

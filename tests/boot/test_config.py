@@ -203,6 +203,14 @@ LAYERS = [
         ["--guest-hook-path", "/h4"],
         ("", "/h1", "/h2", "/h3", "/h4"),
     ),
+    (
+        "policy_file",
+        'policy_file = "/p1"',
+        "agent.policy_file=/p2",
+        "/p3",
+        ["--policy-file", "/p4"],
+        ("", "/p1", "/p2", "/p3", "/p4"),
+    ),
 ]
 
 
