@@ -97,8 +97,16 @@ def add_swap_path(path: str) -> None:
     """AddSwapPath: swap on a file (given a header first if it lacks one)."""
     if not os.path.isabs(path):
         raise InvalidArgument(f"swap path {path!r} must be absolute")
-    if not os.path.exists(path):
-        raise NotFound(f"swap file {path} does not exist")
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        raise NotFound(f"swap file {path} does not exist") from None
+    if stat.S_ISDIR(mode):
+        raise InvalidArgument(f"swap path {path}: Is a directory")
+    if not stat.S_ISREG(mode):
+        # A header would be written onto whatever the path names: in a guest a block
+        # device here could be the root disk.  Only the runtime's swap files qualify.
+        raise PermissionDenied(f"swap path {path} is not a regular file (devices and links are refused)")
     if not has_swap_signature(path):
         os.chmod(path, 0o600)
         write_swap_header(path)

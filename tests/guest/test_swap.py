@@ -120,3 +120,17 @@ def test_add_swap_by_pci_path_on_a_loop_device(tmp_path: Path, swaps) -> None:
     finally:
         subprocess.run(["swapoff", dev], check=False, capture_output=True)
         subprocess.run([losetup, "-d", dev], check=False)
+
+
+def test_add_swap_path_refuses_devices_and_links(tmp_path: Path) -> None:
+    """Never write a swap header through a device node or a symlink (the guest's root disk)."""
+    from agent.errors import PermissionDenied
+
+    target = tmp_path / "real"
+    target.write_bytes(b"\0" * (4 << 20))
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    for path in ("/dev/null", str(link)):
+        with pytest.raises(PermissionDenied, match="not a regular file"):
+            add_swap_path(path)
+    assert target.read_bytes() == b"\0" * (4 << 20)  # nothing written through the link
