@@ -125,6 +125,10 @@ def _openat2(dirfd: int, path: str, flags: int, mode: int, resolve: int) -> int:
     return fd
 
 
+#: The raw syscall, for modules that manage their own directory fds (CopyFile).
+openat2 = _openat2
+
+
 def _open_root(root: str | os.PathLike[str] | int) -> int:
     if isinstance(root, int):
         return os.dup(root)

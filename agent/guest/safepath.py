@@ -10,53 +10,25 @@ symlink planted by the host would defeat them.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import stat
 
+from agent import paths
 from agent.errors import InvalidArgument, PermissionDenied
 
-SYS_OPENAT2 = 437
 RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_NO_SYMLINKS = 0x04
 RESOLVE_BENEATH = 0x08
 
 
-class _OpenHow(ctypes.Structure):
-    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-_openat2_state: bool | None = None  # None: untested, True: works, False: ENOSYS
-
-
 def openat2(dirfd: int, path: str, flags: int, mode: int = 0, resolve: int = 0) -> int:
-    """Raw openat2; raises OSError (ENOSYS where the kernel lacks it)."""
-    how = _OpenHow(flags | os.O_CLOEXEC, mode, resolve)
-    fd = _libc.syscall(
-        ctypes.c_long(SYS_OPENAT2),
-        ctypes.c_int(dirfd),
-        ctypes.c_char_p(os.fsencode(path)),
-        ctypes.byref(how),
-        ctypes.c_size_t(ctypes.sizeof(how)),
-    )
-    if fd < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), path)
-    return int(fd)
+    """Raw openat2 (shared with agent.paths); raises OSError, ENOSYS where the kernel lacks it."""
+    return paths.openat2(dirfd, path, flags, mode, resolve)
 
 
 def have_openat2() -> bool:
-    global _openat2_state
-    if _openat2_state is None:
-        try:
-            os.close(openat2(-100, "/", os.O_PATH | os.O_DIRECTORY))  # AT_FDCWD
-            _openat2_state = True
-        except OSError as exc:
-            _openat2_state = exc.errno != errno.ENOSYS
-    return _openat2_state
+    return paths.openat2_available()
 
 
 class Beneath:
