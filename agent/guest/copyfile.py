@@ -20,7 +20,14 @@ import shutil
 import stat
 from typing import NamedTuple
 
-from agent.errors import AgentError, FailedPrecondition, Internal, InvalidArgument, PermissionDenied
+from agent.errors import (
+    AgentError,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    PermissionDenied,
+    ResourceExhausted,
+)
 from agent.guest.safepath import Beneath, split_relative
 
 DEFAULT_SHARED_DIR = "/run/kata-containers/shared/containers"
@@ -80,6 +87,8 @@ def copy_file(
         raise
     except OSError as exc:
         where = f" ({exc.filename})" if exc.filename else ""
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise ResourceExhausted(f"CopyFile {req.path}: {exc.strerror}{where}") from None
         raise Internal(f"CopyFile {req.path}: {exc.strerror or exc}{where}") from None
     finally:
         os.close(root_fd)
@@ -183,9 +192,15 @@ def _write_chunk(parent_fd: int, name: str, req: CopyFileRequest) -> None:
             raise PermissionDenied(f"CopyFile: {tmp!r} has other hard links, refusing to write")
         view = memoryview(req.data)
         pos = req.offset
-        while view:
-            written = os.pwrite(fd, view, pos)
-            view, pos = view[written:], pos + written
+        try:
+            while view:
+                written = os.pwrite(fd, view, pos)
+                view, pos = view[written:], pos + written
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                # A lost chunk makes the file useless: free the disk instead of pinning it.
+                _remove(tmp, parent_fd)
+            raise
         if os.fstat(fd).st_size != req.file_size:
             return  # more chunks to come
         _apply_owner_mode(fd, req)
