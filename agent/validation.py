@@ -128,6 +128,7 @@ def validate_spec(spec: Mapping[str, Any], *, rootfs: str | None = None) -> None
         for i, p in enumerate(linux.get(key) or []):
             if not isinstance(p, str) or not p.startswith("/"):
                 raise InvalidArgument(f"linux.{key}[{i}] {p!r} must be an absolute path")
+    validate_hooks(spec.get("hooks") or {})
     mounts = spec.get("mounts") or []
     if len(mounts) > MAX_MOUNTS:
         raise InvalidArgument(f"mounts has {len(mounts)} entries, more than {MAX_MOUNTS}")
@@ -177,6 +178,19 @@ def validate_sysctls(sysctl: Mapping[str, str], namespaces: Mapping[str, str]) -
             raise InvalidArgument(f"{field} is not namespaced: it would change the whole guest")
         if needed not in namespaces:
             raise InvalidArgument(f"{field} needs a {needed} namespace, and linux.namespaces has none")
+
+
+def validate_hooks(hooks: Mapping[str, Any]) -> None:
+    """Hook paths are absolute (the runtime-spec says so) and have no '..' components."""
+    for kind, entries in hooks.items():
+        for i, hook in enumerate(entries or []):
+            path = hook.get("path", "") if isinstance(hook, Mapping) else None
+            field = f"hooks.{kind}[{i}].path"
+            if not isinstance(path, str) or not path.startswith("/"):
+                raise InvalidArgument(f"{field} {path!r} must be an absolute path")
+            _check_string(path, field, 4096)
+            if ".." in path.split("/"):
+                raise InvalidArgument(f"{field} {path!r} must not contain '..'")
 
 
 def validate_mount_destinations(mounts: Iterable[Mapping[str, Any]], rootfs: str | None) -> None:
