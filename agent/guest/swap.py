@@ -97,6 +97,8 @@ def add_swap_path(path: str) -> None:
     """AddSwapPath: swap on a file (given a header first if it lacks one)."""
     if not os.path.isabs(path):
         raise InvalidArgument(f"swap path {path!r} must be absolute")
+    if ".." in path.split("/"):
+        raise InvalidArgument(f"swap path {path!r} must not contain '..'")
     try:
         mode = os.lstat(path).st_mode
     except FileNotFoundError:

@@ -31,8 +31,7 @@ class VolumeStats(NamedTuple):
 def get_volume_stats(path: str) -> VolumeStats:
     """Bytes and inodes of the filesystem holding ``path`` (kubelet's arithmetic:
     available is what unprivileged users may still use, used excludes free blocks)."""
-    if not path:
-        raise InvalidArgument("volume_guest_path is empty")
+    check_volume_path(path)
     try:
         st = os.statvfs(path)
     except FileNotFoundError:
@@ -53,6 +52,16 @@ def get_volume_stats(path: str) -> VolumeStats:
             ),
         ]
     )
+
+
+def check_volume_path(path: str) -> None:
+    """A volume path is absolute, names no '..' and holds no NUL (InvalidArgument)."""
+    if not path:
+        raise InvalidArgument("volume_guest_path is empty")
+    if "\0" in path:
+        raise InvalidArgument("volume_guest_path contains a NUL byte")
+    if not path.startswith("/") or ".." in path.split("/"):
+        raise InvalidArgument(f"volume_guest_path {path!r} must be absolute, without '..'")
 
 
 class MountInfo(NamedTuple):
@@ -115,6 +124,7 @@ def resize_volume(
     ``size`` is the size the runtime gave the device; a device still smaller
     than that is reported rather than half-resized.
     """
+    check_volume_path(path)
     mount = find_mount(path, proc_root)
     if size:
         try:
