@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
-from agent.errors import FailedPrecondition, Internal, InvalidArgument, NotFound
+from agent.errors import FailedPrecondition, Internal, InvalidArgument, NotFound, PermissionDenied
 
 #: Runs a resolved argv to completion, raising an agent error if it fails.
 Runner = Callable[[list[str]], None]
@@ -126,6 +126,9 @@ def resize_volume(
     """
     check_volume_path(path)
     mount = find_mount(path, proc_root)
+    if mount.dev == os.stat("/").st_dev:
+        # Only volumes the runtime plugged may grow: never the guest's own root filesystem.
+        raise PermissionDenied(f"{path} is on the guest's root filesystem: refusing to resize it")
     if size:
         try:
             fd = os.open(mount.source, os.O_RDONLY | os.O_CLOEXEC)

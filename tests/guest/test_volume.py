@@ -123,3 +123,11 @@ def test_resize_ext4_online(tmp_path: Path) -> None:
         assert (
             second.startswith("Internal") and "resize2fs failed" in second and "Permission denied" in second
         )
+
+
+def test_resize_refuses_the_guest_root_filesystem() -> None:
+    from agent.errors import PermissionDenied
+    from agent.guest.volume import resize_volume
+
+    with pytest.raises(PermissionDenied, match="root filesystem"):
+        resize_volume("/")
