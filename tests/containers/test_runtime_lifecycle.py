@@ -22,6 +22,7 @@ from agent.runtime.bundle import write_config, write_json
 from agent.runtime.cli import is_missing_container
 from agent.runtime.spec import process_to_json, resources_to_json, spec_to_json
 from agent.validation import validate_spec
+from tests.e2e.pod import default_mounts
 
 from .cgtree import assert_freezes
 from .guestview import GuestView, require_tools
@@ -35,20 +36,7 @@ PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 def busybox_spec(rootfs: Path, cid: str, args: list[str], *, terminal: bool = False) -> oci_pb2.Spec:
     """A protobuf Spec as the Kata runtime would send it (pods: own pid/ipc/uts/mount/net)."""
     caps = ["CAP_CHOWN", "CAP_KILL", "CAP_SETUID", "CAP_SETGID", "CAP_NET_BIND_SERVICE"]
-    mounts = [
-        oci_pb2.Mount(destination="/proc", type="proc", source="proc"),
-        oci_pb2.Mount(destination="/dev", type="tmpfs", source="tmpfs", options=["nosuid", "mode=755"]),
-        oci_pb2.Mount(
-            destination="/dev/pts",
-            type="devpts",
-            source="devpts",
-            options=["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"],
-        ),
-        oci_pb2.Mount(destination="/tmp", type="tmpfs", source="tmpfs", options=["nosuid", "nodev"]),
-        oci_pb2.Mount(
-            destination="/sys", type="sysfs", source="sysfs", options=["nosuid", "noexec", "nodev", "ro"]
-        ),
-    ]
+    mounts = default_mounts()
     return oci_pb2.Spec(
         Version="1.0.2",
         Process=oci_pb2.Process(

@@ -47,6 +47,24 @@ def process(args: list[str], *, terminal: bool = False, env: list[str] | None = 
     )
 
 
+def default_mounts() -> list[oci_pb2.Mount]:
+    """The mounts every test container gets: proc, a /dev tmpfs with devpts, /tmp, read-only /sys."""
+    return [
+        oci_pb2.Mount(destination="/proc", type="proc", source="proc"),
+        oci_pb2.Mount(destination="/dev", type="tmpfs", source="tmpfs", options=["nosuid", "mode=755"]),
+        oci_pb2.Mount(
+            destination="/dev/pts",
+            type="devpts",
+            source="devpts",
+            options=["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"],
+        ),
+        oci_pb2.Mount(destination="/tmp", type="tmpfs", source="tmpfs", options=["nosuid", "nodev"]),
+        oci_pb2.Mount(
+            destination="/sys", type="sysfs", source="sysfs", options=["nosuid", "noexec", "nodev", "ro"]
+        ),
+    ]
+
+
 def container_spec(
     container_id: str,
     args: list[str],
@@ -65,20 +83,7 @@ def container_spec(
     )
     if memory:
         resources.Memory.CopyFrom(oci_pb2.LinuxMemory(Limit=memory, Swap=memory))
-    base_mounts = [
-        oci_pb2.Mount(destination="/proc", type="proc", source="proc"),
-        oci_pb2.Mount(destination="/dev", type="tmpfs", source="tmpfs", options=["nosuid", "mode=755"]),
-        oci_pb2.Mount(
-            destination="/dev/pts",
-            type="devpts",
-            source="devpts",
-            options=["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"],
-        ),
-        oci_pb2.Mount(destination="/tmp", type="tmpfs", source="tmpfs", options=["nosuid", "nodev"]),
-        oci_pb2.Mount(
-            destination="/sys", type="sysfs", source="sysfs", options=["nosuid", "noexec", "nodev", "ro"]
-        ),
-    ]
+    base_mounts = default_mounts()
     return oci_pb2.Spec(
         Version="1.0.2",
         Process=process(args, terminal=terminal),
